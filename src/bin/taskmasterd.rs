@@ -1,0 +1,62 @@
+//! `taskmasterd`: parses flags, sets up logging, runs the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use taskmaster::daemon::{self, Options};
+
+/// The Taskmaster daemon: supervises the services of a Lua or JSON config.
+#[derive(Parser, Debug)]
+#[command(name = "taskmasterd", version, about)]
+struct Flags {
+    /// Config file (`.json` is read as JSON, anything else as Lua)
+    /// [default: ./taskmaster.lua, else ./conf.json]
+    #[arg(long, env = "CONFIG_PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on
+    #[arg(long, env = "TASKMASTER_LISTEN", default_value = "127.0.0.1")]
+    listen: String,
+    /// Port to listen on
+    #[arg(long, env = "PORT", default_value_t = 3333)]
+    port: u16,
+    /// Also append the daemon log to this file
+    #[arg(long = "log-file", env = "TASKMASTER_LOG")]
+    log_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` from clients
+    #[arg(long, env = "TASKMASTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if let Some(path) = &flags.log_file {
+        if let Err(e) = taskmaster::log::set_file(path) {
+            eprintln!("taskmasterd: cannot open log file {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    let opts = Options {
+        config: flags.config.unwrap_or_else(daemon::default_config_path),
+        listen: flags.listen,
+        port: flags.port,
+        token: flags.token.filter(|t| !t.is_empty()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskmasterd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            taskmaster::log!("taskmasterd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

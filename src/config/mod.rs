@@ -1,0 +1,696 @@
+//! The config model (SPEC §3): typed services, and validation of a generic
+//! value tree into them.
+//!
+//! Both front-ends (`lua.rs`, `json.rs`) turn their input into a
+//! `serde_json::Value` and hand it to [`validate`], so the two formats share
+//! one schema, one set of defaults and one set of error messages. Validation
+//! never stops at the first problem: it walks the whole tree and reports every
+//! error with its field path (`services.web.numprocs: ...`). No mlua type
+//! leaks out of this module tree.
+
+pub mod json;
+pub mod lua;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
+
+/// Restart policy after an exit from RUNNING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoRestart {
+    /// Restart after every exit.
+    Always,
+    /// Never restart.
+    Never,
+    /// Restart only when the exit code is not in `exitcodes` (or on a signal).
+    Unexpected,
+}
+
+/// What a service's processes are started with; a change here restarts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSpec {
+    /// Command line, run directly when plain, else through `/bin/sh -c`.
+    pub cmd: String,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute), or the daemon's own.
+    pub workingdir: Option<PathBuf>,
+    /// Child umask, or inherited.
+    pub umask: Option<u32>,
+    /// File that receives stdout (absolute), or discarded.
+    pub stdout: Option<PathBuf>,
+    /// File that receives stderr (absolute), or discarded.
+    pub stderr: Option<PathBuf>,
+}
+
+/// How instances are supervised; a change here applies without a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Start on daemon start / when added.
+    pub autostart: bool,
+    /// Restart policy.
+    pub autorestart: AutoRestart,
+    /// Exit codes that count as expected.
+    pub exitcodes: Vec<i32>,
+    /// Retries after failed starts before FATAL.
+    pub startretries: u32,
+    /// How long a process must stay up to count as started.
+    pub starttime: Duration,
+    /// Graceful stop signal.
+    pub stopsignal: Signal,
+    /// Grace period after the stop signal before SIGKILL.
+    pub stoptime: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            autostart: true,
+            autorestart: AutoRestart::Unexpected,
+            exitcodes: vec![0],
+            startretries: 3,
+            starttime: Duration::from_secs(1),
+            stopsignal: Signal::SIGTERM,
+            stoptime: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One service of the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Number of instances, 1–100.
+    pub numprocs: u32,
+    /// How to spawn.
+    pub spawn: SpawnSpec,
+    /// How to supervise.
+    pub policy: Policy,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Everything that can go wrong loading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// JSON syntax error, with line and column.
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde_json said.
+        message: String,
+    },
+    /// A Lua error, already carrying `file:line:`.
+    #[error("{0}")]
+    Lua(String),
+    /// Schema errors, one per offending field, each with its path.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A loaded config plus what the watcher and the hooks need from its evaluation.
+pub struct Loaded {
+    /// The validated config.
+    pub config: Config,
+    /// Every file the config read (itself, `load_json`, `require`, `dofile`).
+    pub files: Vec<PathBuf>,
+    /// The Lua state that evaluated it, with its registered hooks (None for JSON).
+    pub hooks: Option<lua::HookState>,
+}
+
+/// Loads a config file: `.json` as JSON, anything else as Lua.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let value = json::read(path)?;
+        let config = validate(&value, base_dir(path))?;
+        Ok(Loaded {
+            config,
+            files: vec![path.to_path_buf()],
+            hooks: None,
+        })
+    } else {
+        lua::load(path)
+    }
+}
+
+/// The folder relative paths in a config resolve against.
+pub fn base_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+const TOP_KEYS: &[&str] = &["services"];
+const SERVICE_KEYS: &[&str] = &[
+    "cmd",
+    "numprocs",
+    "autostart",
+    "autorestart",
+    "exitcodes",
+    "startretries",
+    "starttime",
+    "stopsignal",
+    "stoptime",
+    "stdout",
+    "stderr",
+    "env",
+    "workingdir",
+    "umask",
+];
+
+/// Collects problems with their paths while the tree is walked.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, path: &str, msg: impl fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+}
+
+/// Validates a value tree into a [`Config`], resolving relative paths against `base`.
+pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
+    let mut p = Problems(Vec::new());
+    let mut config = Config::default();
+    let Some(top) = value.as_object() else {
+        return Err(ConfigError::Invalid(vec![format!(
+            "config: must be a table with a \"services\" field, got {}",
+            kind(value)
+        )]));
+    };
+    unknown_keys(top, TOP_KEYS, "config", &mut p);
+    match top.get("services") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(services)) => {
+            for (name, svc) in services {
+                let path = format!("services.{name}");
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                {
+                    p.add(
+                        &path,
+                        "service names may only use letters, digits, '_', '.' and '-'",
+                    );
+                    continue;
+                }
+                if let Some(s) = service(svc, &path, base, &mut p) {
+                    config.services.insert(name.clone(), s);
+                }
+            }
+        }
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(other) => p.add(
+            "services",
+            format!("expected a table of services, got {}", kind(other)),
+        ),
+    }
+    if p.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(p.0))
+    }
+}
+
+fn unknown_keys(obj: &Map<String, Value>, known: &[&str], path: &str, p: &mut Problems) {
+    for key in obj.keys() {
+        if !known.contains(&key.as_str()) {
+            let hint = did_you_mean(key, known)
+                .map(|k| format!(" — did you mean \"{k}\"?"))
+                .unwrap_or_default();
+            p.0.push(format!("unknown option \"{key}\" in {path}{hint}"));
+        }
+    }
+}
+
+/// The closest known word within a small edit distance, if any.
+pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string \"{s}\""),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a table".into(),
+    }
+}
+
+/// An integer, accepting integer-valued floats (`2.0`).
+fn integer(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+}
+
+fn int_in(v: &Value, path: &str, lo: i64, hi: i64, p: &mut Problems) -> Option<i64> {
+    match integer(v) {
+        Some(i) if (lo..=hi).contains(&i) => Some(i),
+        Some(i) if hi == i64::MAX => {
+            p.add(path, format!("must be at least {lo}, got {i}"));
+            None
+        }
+        Some(i) => {
+            p.add(path, format!("must be between {lo} and {hi}, got {i}"));
+            None
+        }
+        None => {
+            p.add(path, format!("expected an integer, got {}", kind(v)));
+            None
+        }
+    }
+}
+
+fn seconds(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> {
+    match v.as_f64() {
+        Some(f) if f.is_finite() && (0.0..=1.0e9).contains(&f) => Some(Duration::from_secs_f64(f)),
+        Some(f) => {
+            p.add(path, format!("must be a number of seconds >= 0, got {f}"));
+            None
+        }
+        None => {
+            p.add(
+                path,
+                format!("expected a number of seconds, got {}", kind(v)),
+            );
+            None
+        }
+    }
+}
+
+fn string<'a>(v: &'a Value, path: &str, p: &mut Problems) -> Option<&'a str> {
+    match v.as_str() {
+        Some(s) => Some(s),
+        None => {
+            p.add(path, format!("expected a string, got {}", kind(v)));
+            None
+        }
+    }
+}
+
+fn boolean(v: &Value, path: &str, p: &mut Problems) -> Option<bool> {
+    match v.as_bool() {
+        Some(b) => Some(b),
+        None => {
+            p.add(path, format!("expected true or false, got {}", kind(v)));
+            None
+        }
+    }
+}
+
+fn file_path(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Option<PathBuf>> {
+    match v {
+        Value::Null => Some(None),
+        Value::String(s) if !s.is_empty() => Some(Some(base.join(s))),
+        other => {
+            p.add(
+                path,
+                format!("expected a path or null, got {}", kind(other)),
+            );
+            None
+        }
+    }
+}
+
+/// Parses a signal name: `TERM`, `SIGTERM` (any case).
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().ok()
+}
+
+fn umask(v: &Value, path: &str, p: &mut Problems) -> Option<u32> {
+    // A string is octal ("022"); an integer is read digit by digit as octal,
+    // as supervisord reads `umask=022`, so JSON's `22` means 0o022.
+    let digits = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(_) => match integer(v) {
+            Some(i) if i >= 0 => i.to_string(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    match u32::from_str_radix(&digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Some(m),
+        _ => {
+            p.add(
+                path,
+                format!("expected an octal umask like \"022\", got {}", kind(v)),
+            );
+            None
+        }
+    }
+}
+
+fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Service> {
+    let Some(obj) = v.as_object() else {
+        p.add(
+            path,
+            format!("expected a table of options, got {}", kind(v)),
+        );
+        return None;
+    };
+    let before = p.0.len();
+    unknown_keys(obj, SERVICE_KEYS, path, p);
+    let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
+    let at = |name: &str| format!("{path}.{name}");
+    let mut policy = Policy::default();
+    let mut spawn = SpawnSpec {
+        cmd: String::new(),
+        env: BTreeMap::new(),
+        workingdir: None,
+        umask: None,
+        stdout: None,
+        stderr: None,
+    };
+    let mut numprocs = 1;
+
+    match field("cmd") {
+        None => p.add(&at("cmd"), "required option missing"),
+        Some(v) => {
+            if let Some(s) = string(v, &at("cmd"), p) {
+                if s.trim().is_empty() {
+                    p.add(&at("cmd"), "must not be empty");
+                }
+                spawn.cmd = s.to_string();
+            }
+        }
+    }
+    if let Some(v) = field("numprocs") {
+        numprocs = int_in(v, &at("numprocs"), 1, 100, p).unwrap_or(1) as u32;
+    }
+    if let Some(v) = field("autostart") {
+        policy.autostart = boolean(v, &at("autostart"), p).unwrap_or(true);
+    }
+    if let Some(v) = field("autorestart") {
+        match v.as_str() {
+            Some("always") => policy.autorestart = AutoRestart::Always,
+            Some("never") => policy.autorestart = AutoRestart::Never,
+            Some("unexpected") => policy.autorestart = AutoRestart::Unexpected,
+            _ => p.add(
+                &at("autorestart"),
+                format!(
+                    "expected \"always\", \"never\" or \"unexpected\", got {}",
+                    kind(v)
+                ),
+            ),
+        }
+    }
+    if let Some(v) = field("exitcodes") {
+        let path = at("exitcodes");
+        match v {
+            Value::Array(items) => {
+                policy.exitcodes = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| int_in(c, &format!("{path}[{}]", i + 1), 0, 255, p))
+                    .map(|c| c as i32)
+                    .collect();
+            }
+            Value::Object(o) if o.is_empty() => policy.exitcodes = Vec::new(),
+            Value::Number(_) => {
+                policy.exitcodes = int_in(v, &path, 0, 255, p)
+                    .map(|c| vec![c as i32])
+                    .unwrap_or_default()
+            }
+            other => p.add(
+                &path,
+                format!("expected a list of integers, got {}", kind(other)),
+            ),
+        }
+    }
+    if let Some(v) = field("startretries") {
+        policy.startretries = int_in(v, &at("startretries"), 0, i64::MAX, p)
+            .unwrap_or(3)
+            .min(u32::MAX as i64) as u32;
+    }
+    if let Some(v) = field("starttime") {
+        policy.starttime = seconds(v, &at("starttime"), p).unwrap_or(policy.starttime);
+    }
+    if let Some(v) = field("stoptime") {
+        policy.stoptime = seconds(v, &at("stoptime"), p).unwrap_or(policy.stoptime);
+    }
+    if let Some(v) = field("stopsignal") {
+        if let Some(s) = string(v, &at("stopsignal"), p) {
+            match parse_signal(s) {
+                Some(sig) => policy.stopsignal = sig,
+                None => p.add(
+                    &at("stopsignal"),
+                    format!("unknown signal \"{s}\" (expected a name like \"TERM\")"),
+                ),
+            }
+        }
+    }
+    if let Some(v) = obj.get("stdout") {
+        spawn.stdout = file_path(v, &at("stdout"), base, p).flatten();
+    }
+    if let Some(v) = obj.get("stderr") {
+        spawn.stderr = file_path(v, &at("stderr"), base, p).flatten();
+    }
+    if let Some(v) = field("workingdir") {
+        spawn.workingdir = file_path(v, &at("workingdir"), base, p).flatten();
+    }
+    if let Some(v) = field("umask") {
+        spawn.umask = umask(v, &at("umask"), p);
+    }
+    if let Some(v) = field("env") {
+        match v {
+            Value::Object(vars) => {
+                for (key, val) in vars {
+                    let vpath = format!("{path}.env.{key}");
+                    if key.is_empty() || key.contains('=') || key.contains('\0') {
+                        p.add(&vpath, "invalid environment variable name");
+                        continue;
+                    }
+                    let text = match val {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => match integer(val) {
+                            Some(i)
+                                if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() == 0.0) =>
+                            {
+                                i.to_string()
+                            }
+                            _ => n.to_string(),
+                        },
+                        other => {
+                            p.add(
+                                &vpath,
+                                format!("expected a string or number, got {}", kind(other)),
+                            );
+                            continue;
+                        }
+                    };
+                    if text.contains('\0') {
+                        p.add(&vpath, "must not contain NUL bytes");
+                        continue;
+                    }
+                    spawn.env.insert(key.clone(), text);
+                }
+            }
+            Value::Array(a) if a.is_empty() => {}
+            other => p.add(
+                &at("env"),
+                format!("expected a table of strings, got {}", kind(other)),
+            ),
+        }
+    }
+    (p.0.len() == before).then_some(Service {
+        numprocs,
+        spawn,
+        policy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(v: Value) -> Vec<String> {
+        match validate(&v, Path::new("/etc/tm")) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected schema errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec_table() {
+        let c = validate(
+            &json!({"services": {"web": {"cmd": "sleep 1"}}}),
+            Path::new("/b"),
+        )
+        .unwrap();
+        let s = &c.services["web"];
+        assert_eq!(s.numprocs, 1);
+        assert_eq!(s.policy, Policy::default());
+        assert_eq!(s.policy.starttime, Duration::from_secs(1));
+        assert_eq!(s.policy.stoptime, Duration::from_secs(10));
+        assert_eq!(s.spawn.stdout, None);
+        assert_eq!(s.spawn.umask, None);
+        assert!(s.spawn.env.is_empty());
+    }
+
+    #[test]
+    fn every_option_is_read() {
+        let c = validate(
+            &json!({"services": {"web": {
+                "cmd": "x", "numprocs": 2.0, "autostart": false, "autorestart": "always",
+                "exitcodes": [0, 2], "startretries": 5, "starttime": 0.5, "stopsignal": "SIGUSR1",
+                "stoptime": 3, "stdout": "out.log", "stderr": "/abs/err.log",
+                "env": {"A": "b", "N": 5, "F": 1.5}, "workingdir": "wd", "umask": "027"
+            }}}),
+            Path::new("/b"),
+        )
+        .unwrap();
+        let s = &c.services["web"];
+        assert_eq!(s.numprocs, 2);
+        assert!(!s.policy.autostart);
+        assert_eq!(s.policy.autorestart, AutoRestart::Always);
+        assert_eq!(s.policy.exitcodes, vec![0, 2]);
+        assert_eq!(s.policy.startretries, 5);
+        assert_eq!(s.policy.starttime, Duration::from_millis(500));
+        assert_eq!(s.policy.stopsignal, Signal::SIGUSR1);
+        assert_eq!(s.policy.stoptime, Duration::from_secs(3));
+        assert_eq!(s.spawn.stdout, Some(PathBuf::from("/b/out.log")));
+        assert_eq!(s.spawn.stderr, Some(PathBuf::from("/abs/err.log")));
+        assert_eq!(s.spawn.workingdir, Some(PathBuf::from("/b/wd")));
+        assert_eq!(s.spawn.umask, Some(0o027));
+        assert_eq!(s.spawn.env["N"], "5");
+        assert_eq!(s.spawn.env["F"], "1.5");
+    }
+
+    #[test]
+    fn numprocs_range_names_the_field() {
+        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 0}}}));
+        assert_eq!(
+            e,
+            vec!["services.web.numprocs: must be between 1 and 100, got 0"]
+        );
+        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 101}}}));
+        assert_eq!(
+            e,
+            vec!["services.web.numprocs: must be between 1 and 100, got 101"]
+        );
+        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 1.5}}}));
+        assert_eq!(
+            e,
+            vec!["services.web.numprocs: expected an integer, got number 1.5"]
+        );
+    }
+
+    #[test]
+    fn unknown_option_suggests_the_near_one() {
+        let e = errors(json!({"services": {"web": {"cmd": "x", "autorestrat": "always"}}}));
+        assert_eq!(
+            e,
+            vec!["unknown option \"autorestrat\" in services.web — did you mean \"autorestart\"?"]
+        );
+        let e = errors(json!({"services": {"web": {"cmd": "x", "zzzzzzzz": 1}}}));
+        assert_eq!(e, vec!["unknown option \"zzzzzzzz\" in services.web"]);
+        let e = errors(json!({"service": {}}));
+        assert_eq!(
+            e,
+            vec!["unknown option \"service\" in config — did you mean \"services\"?"]
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let e = errors(json!({"services": {
+            "a": {"numprocs": 0},
+            "b": {"cmd": "x", "autorestart": "sometimes", "stopsignal": "NOPE", "umask": "999",
+                  "exitcodes": [0, "x"], "starttime": -1, "env": {"K": true}, "startretries": -1},
+            "bad name": {"cmd": "x"}
+        }}));
+        let expected = [
+            "services.a.cmd: required option missing",
+            "services.a.numprocs: must be between 1 and 100, got 0",
+            "services.b.autorestart: expected \"always\", \"never\" or \"unexpected\", got string \"sometimes\"",
+            "services.b.exitcodes[2]: expected an integer, got string \"x\"",
+            "services.b.startretries: must be at least 0, got -1",
+            "services.b.starttime: must be a number of seconds >= 0, got -1",
+            "services.b.stopsignal: unknown signal \"NOPE\" (expected a name like \"TERM\")",
+            "services.b.umask: expected an octal umask like \"022\", got string \"999\"",
+            "services.b.env.K: expected a string or number, got boolean true",
+            "services.bad name: service names may only use letters, digits, '_', '.' and '-'",
+        ];
+        for want in expected {
+            assert!(e.iter().any(|m| m == want), "missing {want:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn wrong_shapes_are_named() {
+        assert_eq!(
+            errors(json!([1])),
+            vec!["config: must be a table with a \"services\" field, got a list"]
+        );
+        assert_eq!(
+            errors(json!({"services": 3})),
+            vec!["services: expected a table of services, got number 3"]
+        );
+        assert_eq!(
+            errors(json!({"services": {"w": "sleep"}})),
+            vec!["services.w: expected a table of options, got string \"sleep\""]
+        );
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_prefix() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("USR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal("BOGUS"), None);
+    }
+}

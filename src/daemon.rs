@@ -1,0 +1,163 @@
+//! Wiring of the daemon: config → supervisor, signals, shutdown.
+//!
+//! Start-up loads and validates the config before anything is spawned; a
+//! bad config is an error and the process exits non-zero with nothing
+//! running. SIGTERM/SIGINT stop every instance with its own stopsignal and
+//! stoptime, then the daemon exits 0; SIGHUP reloads.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, ConfigError};
+use crate::process::{self, Spawner};
+use crate::supervisor::Supervisor;
+
+/// The daemon's settings (SPEC §2).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Config file.
+    pub config: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Port.
+    pub port: u16,
+    /// Token required from clients.
+    pub token: Option<String>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Something in the OS refused.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// `./taskmaster.lua` when it exists, else `./conf.json` when it exists,
+/// else `./taskmaster.lua` (whose absence is then reported).
+pub fn default_config_path() -> PathBuf {
+    let lua = PathBuf::from("taskmaster.lua");
+    let json = PathBuf::from("conf.json");
+    if !lua.exists() && json.exists() {
+        json
+    } else {
+        lua
+    }
+}
+
+/// Loads the config, supervises until shutdown.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let loaded = config::load(&opts.config)?;
+    let services = loaded.config.services.len();
+    let instances: u32 = loaded.config.services.values().map(|s| s.numprocs).sum();
+    crate::log!(
+        "taskmasterd {} starting: {} ({services} services, {instances} instances)",
+        env!("CARGO_PKG_VERSION"),
+        opts.config.display()
+    );
+
+    let spawner = Spawner::start()
+        .map_err(|e| DaemonError::Io(format!("cannot start the spawner thread: {e}")))?;
+    process::become_subreaper();
+    let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io_err)?;
+
+    let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
+    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), spawner);
+    let actor = tokio::spawn(sup.run(rx));
+
+    let reloader = Reloader {
+        path: opts.config.clone(),
+        handle: handle.clone(),
+    };
+    let shutdown = async {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { crate::log!("received SIGTERM: shutting down"); break }
+                _ = int.recv() => { crate::log!("received SIGINT: shutting down"); break }
+                _ = hup.recv() => {
+                    crate::log!("received SIGHUP: reloading");
+                    reloader.reload().await.ok();
+                }
+            }
+        }
+        handle.shutdown().await;
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = wait_actor(actor) => {}
+    }
+    crate::log!("taskmasterd stopped");
+    Ok(())
+}
+
+async fn wait_actor(actor: tokio::task::JoinHandle<()>) {
+    if let Err(e) = actor.await {
+        crate::log!("supervisor task ended abnormally: {e}");
+    }
+}
+
+fn io_err(e: std::io::Error) -> DaemonError {
+    DaemonError::Io(e.to_string())
+}
+
+/// Loads the config again and applies it (the reload entry point).
+#[derive(Clone)]
+pub struct Reloader {
+    /// The config file.
+    pub path: PathBuf,
+    /// The supervisor.
+    pub handle: crate::supervisor::Handle,
+}
+
+impl Reloader {
+    /// Evaluates the config off the actor, then applies it or records the error.
+    pub async fn reload(&self) -> Result<crate::protocol::DiffData, String> {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(Path::new(&path)))
+            .await
+            .map_err(|e| format!("config evaluation crashed: {e}"))?;
+        match loaded {
+            Ok(loaded) => {
+                let diff = self
+                    .handle
+                    .apply(loaded.config)
+                    .await
+                    .ok_or_else(|| "the daemon is shutting down".to_string())?;
+                crate::log!(
+                    "reload: ok (added {:?}, removed {:?}, changed {:?}, unchanged {:?})",
+                    diff.added,
+                    diff.removed,
+                    diff.changed,
+                    diff.unchanged
+                );
+                self.handle.publish(crate::protocol::Event::Reload(
+                    crate::protocol::ReloadEvent {
+                        ok: true,
+                        error: None,
+                        diff: Some(diff.clone()),
+                    },
+                ));
+                Ok(diff)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                crate::log!("reload: failed, keeping the running config: {error}");
+                self.handle.config_failed(error.clone()).await;
+                self.handle.publish(crate::protocol::Event::Reload(
+                    crate::protocol::ReloadEvent {
+                        ok: false,
+                        error: Some(error.clone()),
+                        diff: None,
+                    },
+                ));
+                Err(error)
+            }
+        }
+    }
+}

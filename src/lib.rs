@@ -1,0 +1,14 @@
+//! Taskmaster: a process supervisor in the family of supervisord, configured
+//! and extended in Lua.
+//!
+//! The daemon (`taskmasterd`) evaluates a config ([`config`]), supervises its
+//! services ([`supervisor`], which spawns and signals through [`process`]),
+//! and serves commands over WebSocket ([`server`], speaking [`protocol`]).
+//! The client (`taskmasterctl`) lives in [`client`]. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod daemon;
+pub mod log;
+pub mod process;
+pub mod protocol;
+pub mod supervisor;

@@ -1,0 +1,324 @@
+//! The wire protocol (SPEC §7, §9), shared by the daemon and the client.
+//!
+//! One JSON object per WebSocket text frame. Requests are decoded leniently
+//! enough to answer every malformed one with an error reply that carries the
+//! request's `id` when it could be read, and `null` otherwise; nothing here
+//! panics on input.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest frame or message the daemon accepts (SPEC §7).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// A decoded request: `{"id": 7, "cmd": "start", "args": ["web"]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed in the reply; any JSON number or string, `null` when absent.
+    pub id: Value,
+    /// The command name, as sent.
+    pub cmd: String,
+    /// Positional string arguments; an omitted `args` is empty.
+    pub args: Vec<String>,
+}
+
+/// Why a frame could not be turned into a [`Request`]: carries what the reply needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    /// The request id when it could be read, else `null`.
+    pub id: Value,
+    /// Machine-readable error code (`bad_json`, `bad_request`).
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Request {
+    /// Decodes one text frame. Never panics; every failure names its cause.
+    pub fn decode(text: &str) -> Result<Request, DecodeError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| DecodeError {
+            id: Value::Null,
+            code: "bad_json",
+            message: format!("malformed JSON: {e}"),
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err(DecodeError {
+                id: Value::Null,
+                code: "bad_request",
+                message: "a request must be a JSON object".into(),
+            });
+        };
+        let id = obj.remove("id").unwrap_or(Value::Null);
+        let bad = |id: &Value, message: String| DecodeError {
+            id: id.clone(),
+            code: "bad_request",
+            message,
+        };
+        if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+            return Err(bad(
+                &Value::Null,
+                "\"id\" must be a number or a string".into(),
+            ));
+        }
+        let cmd = match obj.remove("cmd") {
+            Some(Value::String(cmd)) => cmd,
+            Some(_) => return Err(bad(&id, "\"cmd\" must be a string".into())),
+            None => return Err(bad(&id, "missing \"cmd\"".into())),
+        };
+        let args = match obj.remove("args") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut args = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => args.push(s),
+                        other => {
+                            return Err(bad(
+                                &id,
+                                format!("\"args\" must be a list of strings, found {other}"),
+                            ))
+                        }
+                    }
+                }
+                args
+            }
+            Some(_) => return Err(bad(&id, "\"args\" must be a list of strings".into())),
+        };
+        Ok(Request { id, cmd, args })
+    }
+
+    /// Encodes a request as the client sends it.
+    pub fn encode(&self) -> String {
+        serde_json::json!({"id": self.id, "cmd": self.cmd, "args": self.args}).to_string()
+    }
+}
+
+/// An error carried by a failed reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code (`unknown_name`, `bad_json`, `unknown_command`, ...).
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// A reply frame: `{"id", "ok": true, "data"}` or `{"id", "ok": false, "error"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's id, echoed.
+    pub id: Value,
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// The command's result when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// The failure when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    /// A successful reply.
+    pub fn ok(id: Value, data: Value) -> Reply {
+        Reply {
+            id,
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    /// A failed reply.
+    pub fn err(id: Value, code: &str, message: impl Into<String>) -> Reply {
+        Reply {
+            id,
+            ok: false,
+            data: None,
+            error: Some(ErrorBody {
+                code: code.to_string(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The reply as one JSON text frame.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"id":null,"ok":false,"error":{"code":"internal","message":"unencodable reply"}}"#
+                .to_string()
+        })
+    }
+}
+
+/// One instance as `status` reports it (SPEC §7 INSTANCE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// `web:0`.
+    pub name: String,
+    /// `web`.
+    pub service: String,
+    /// 0-based index within the service.
+    pub instance: u32,
+    /// State name in capitals (`RUNNING`).
+    pub state: String,
+    /// Pid while a process exists.
+    pub pid: Option<u32>,
+    /// Seconds since the process started, while it runs.
+    pub uptime: Option<f64>,
+    /// Exit code of the last exit, if it exited normally.
+    pub exitcode: Option<i32>,
+    /// Signal name (`SIGKILL`) of the last exit, if killed by a signal.
+    pub signal: Option<String>,
+    /// Automatic restarts since the last manual start.
+    pub restarts: u32,
+    /// The supervisorctl-style status text (`pid 123, uptime 0:00:12`).
+    pub description: String,
+}
+
+/// The `config` section of a `status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigInfo {
+    /// Path of the config file in use.
+    pub path: String,
+    /// When the running config was loaded (unix seconds).
+    pub loaded_at: f64,
+    /// The error of the last failed reload, until a good config loads.
+    pub error: Option<String>,
+}
+
+/// The `data` of a `status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusData {
+    /// Instances in service-name then index order.
+    pub instances: Vec<InstanceInfo>,
+    /// Which config is loaded.
+    pub config: ConfigInfo,
+}
+
+/// The outcome of `start`/`stop`/`restart` for one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionResult {
+    /// `web:0`.
+    pub name: String,
+    /// Whether the instance reached the requested state.
+    pub ok: bool,
+    /// What happened (`started`, `not running`, `exited too quickly ...`).
+    pub message: String,
+}
+
+/// The result of a reload: service names by what happened to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffData {
+    /// Services that are new.
+    pub added: Vec<String>,
+    /// Services that are gone.
+    pub removed: Vec<String>,
+    /// Services whose options changed (restarted, resized or updated in place).
+    pub changed: Vec<String>,
+    /// Services left exactly as they were.
+    pub unchanged: Vec<String>,
+}
+
+/// A state change of one instance, as pushed to subscribers and hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionEvent {
+    /// `web:0`.
+    pub name: String,
+    /// `web`.
+    pub service: String,
+    /// 0-based index.
+    pub instance: u32,
+    /// State left.
+    pub from: String,
+    /// State entered.
+    pub to: String,
+    /// The process's pid, when one is involved.
+    pub pid: Option<u32>,
+    /// Exit code, when the change was caused by a normal exit.
+    pub exitcode: Option<i32>,
+    /// Signal name, when the change was caused by a death by signal.
+    pub signal: Option<String>,
+    /// For exits: whether the exit was expected; otherwise null.
+    pub expected: Option<bool>,
+    /// Unix seconds.
+    pub time: f64,
+}
+
+/// The result of one reload attempt, as pushed to subscribers and hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadEvent {
+    /// Whether the new config was applied.
+    pub ok: bool,
+    /// The config error when not applied.
+    pub error: Option<String>,
+    /// What changed when applied.
+    pub diff: Option<DiffData>,
+}
+
+/// Anything pushed on a `subscribe`d connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// An instance changed state.
+    Transition(TransitionEvent),
+    /// A reload was attempted.
+    Reload(ReloadEvent),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_requests_and_names_each_failure() {
+        let ok = Request::decode(r#"{"id": 7, "cmd": "start", "args": ["web"]}"#).unwrap();
+        assert_eq!(
+            ok,
+            Request {
+                id: json!(7),
+                cmd: "start".into(),
+                args: vec!["web".into()]
+            }
+        );
+        let no_args = Request::decode(r#"{"id": "a", "cmd": "status"}"#).unwrap();
+        assert!(no_args.args.is_empty());
+        assert_eq!(no_args.id, json!("a"));
+
+        let cases = [
+            ("{nope", Value::Null, "bad_json"),
+            ("[1,2]", Value::Null, "bad_request"),
+            (r#"{"id": 3}"#, json!(3), "bad_request"),
+            (r#"{"id": 3, "cmd": 5}"#, json!(3), "bad_request"),
+            (
+                r#"{"id": 3, "cmd": "start", "args": [1]}"#,
+                json!(3),
+                "bad_request",
+            ),
+            (
+                r#"{"id": 3, "cmd": "start", "args": "web"}"#,
+                json!(3),
+                "bad_request",
+            ),
+            (r#"{"id": {}, "cmd": "start"}"#, Value::Null, "bad_request"),
+        ];
+        for (text, id, code) in cases {
+            let err = Request::decode(text).unwrap_err();
+            assert_eq!((err.id, err.code), (id, code), "{text}");
+        }
+    }
+
+    #[test]
+    fn events_are_tagged_top_level_objects() {
+        let ev = Event::Reload(ReloadEvent {
+            ok: false,
+            error: Some("x".into()),
+            diff: None,
+        });
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "reload", "ok": false, "error": "x", "diff": null})
+        );
+    }
+}

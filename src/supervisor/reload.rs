@@ -1,0 +1,160 @@
+//! The pure diff of two configs (SPEC §5): what a reload must do to each
+//! service. No IO; the actor (`supervisor/mod.rs`) carries the plan out.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::protocol::DiffData;
+
+/// What happens to one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New: create, autostart.
+    Added,
+    /// Gone: stop gracefully, drop.
+    Removed,
+    /// Options differ. `respawn` when the way it spawns changed (restart the
+    /// kept instances); otherwise policy and `numprocs` apply in place.
+    Changed {
+        /// Whether kept instances must restart.
+        respawn: bool,
+    },
+    /// Identical: untouched.
+    Unchanged,
+}
+
+/// A reload plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Per service.
+    pub kinds: BTreeMap<String, Change>,
+    /// Removed services, in name order.
+    pub removed: Vec<String>,
+    /// The lists the reply carries.
+    pub data: DiffData,
+}
+
+impl Plan {
+    /// What happens to `name`.
+    pub fn kind_of(&self, name: &str) -> Option<Change> {
+        self.kinds.get(name).copied()
+    }
+}
+
+/// Compares the running config with a new one.
+pub fn diff(old: &Config, new: &Config) -> Plan {
+    let mut kinds = BTreeMap::new();
+    let mut data = DiffData::default();
+    for (name, svc) in &new.services {
+        let change = match old.services.get(name) {
+            None => Change::Added,
+            Some(prev) if prev == svc => Change::Unchanged,
+            Some(prev) => Change::Changed {
+                respawn: prev.spawn != svc.spawn,
+            },
+        };
+        match change {
+            Change::Added => data.added.push(name.clone()),
+            Change::Unchanged => data.unchanged.push(name.clone()),
+            _ => data.changed.push(name.clone()),
+        }
+        kinds.insert(name.clone(), change);
+    }
+    let removed: Vec<String> = old
+        .services
+        .keys()
+        .filter(|n| !new.services.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in &removed {
+        kinds.insert(name.clone(), Change::Removed);
+    }
+    data.removed = removed.clone();
+    Plan {
+        kinds,
+        removed,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::validate;
+    use serde_json::{json, Value};
+    use std::path::Path;
+
+    fn cfg(v: Value) -> Config {
+        validate(&json!({ "services": v }), Path::new("/b")).unwrap()
+    }
+
+    #[test]
+    fn each_class_of_change() {
+        let old = cfg(json!({
+            "same": {"cmd": "sleep 1"},
+            "gone": {"cmd": "sleep 1"},
+            "cmd": {"cmd": "sleep 1"},
+            "env": {"cmd": "sleep 1"},
+            "wd": {"cmd": "sleep 1"},
+            "umask": {"cmd": "sleep 1"},
+            "out": {"cmd": "sleep 1"},
+            "err": {"cmd": "sleep 1"},
+            "more": {"cmd": "sleep 1", "numprocs": 2},
+            "fewer": {"cmd": "sleep 1", "numprocs": 3},
+            "policy": {"cmd": "sleep 1"},
+        }));
+        let new = cfg(json!({
+            "same": {"cmd": "sleep 1"},
+            "new": {"cmd": "sleep 1"},
+            "cmd": {"cmd": "sleep 2"},
+            "env": {"cmd": "sleep 1", "env": {"A": "1"}},
+            "wd": {"cmd": "sleep 1", "workingdir": "/tmp"},
+            "umask": {"cmd": "sleep 1", "umask": "077"},
+            "out": {"cmd": "sleep 1", "stdout": "o.log"},
+            "err": {"cmd": "sleep 1", "stderr": "e.log"},
+            "more": {"cmd": "sleep 1", "numprocs": 4},
+            "fewer": {"cmd": "sleep 1", "numprocs": 1},
+            "policy": {"cmd": "sleep 1", "autorestart": "always", "exitcodes": [0, 1], "startretries": 9,
+                       "starttime": 3, "stopsignal": "INT", "stoptime": 2, "autostart": false},
+        }));
+        let plan = diff(&old, &new);
+        let respawn = Change::Changed { respawn: true };
+        let in_place = Change::Changed { respawn: false };
+        let want = [
+            ("same", Change::Unchanged),
+            ("gone", Change::Removed),
+            ("new", Change::Added),
+            ("cmd", respawn),
+            ("env", respawn),
+            ("wd", respawn),
+            ("umask", respawn),
+            ("out", respawn),
+            ("err", respawn),
+            ("more", in_place),
+            ("fewer", in_place),
+            ("policy", in_place),
+        ];
+        for (name, change) in want {
+            assert_eq!(plan.kind_of(name), Some(change), "{name}");
+        }
+        assert_eq!(plan.data.added, vec!["new"]);
+        assert_eq!(plan.data.removed, vec!["gone"]);
+        assert_eq!(plan.data.unchanged, vec!["same"]);
+        assert_eq!(
+            plan.data.changed,
+            vec!["cmd", "env", "err", "fewer", "more", "out", "policy", "umask", "wd"]
+        );
+    }
+
+    #[test]
+    fn identical_configs_change_nothing() {
+        let c = cfg(json!({"a": {"cmd": "x"}, "b": {"cmd": "y", "numprocs": 3}}));
+        let plan = diff(&c, &c.clone());
+        assert!(
+            plan.data.added.is_empty()
+                && plan.data.removed.is_empty()
+                && plan.data.changed.is_empty()
+        );
+        assert_eq!(plan.data.unchanged, vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,749 @@
+//! The per-instance state machine of SPEC §4, as a pure function.
+//!
+//! [`Proc::handle`] takes an event and the current time and returns the
+//! actions to perform (spawn, signal the group, SIGKILL the group) and the
+//! state changes it made. It does no IO and never reads the clock, so every
+//! transition is tested by tables below without processes or sleeping; the
+//! supervisor actor (`supervisor/mod.rs`) executes the actions and feeds
+//! back what happened (spawned, exited, timer fired).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{AutoRestart, Policy};
+
+/// Process states, as supervisord names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not running, by request or never started.
+    Stopped,
+    /// Spawned, not yet up for `starttime`.
+    Starting,
+    /// Up for at least `starttime`.
+    Running,
+    /// A start failed; waiting before the next retry.
+    Backoff,
+    /// Stop signal sent; waiting for the group to exit.
+    Stopping,
+    /// Exited from RUNNING and not restarted.
+    Exited,
+    /// Gave up after too many failed starts.
+    Fatal,
+}
+
+impl State {
+    /// The name shown to users (`RUNNING`).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Stopped => "STOPPED",
+            State::Starting => "STARTING",
+            State::Running => "RUNNING",
+            State::Backoff => "BACKOFF",
+            State::Stopping => "STOPPING",
+            State::Exited => "EXITED",
+            State::Fatal => "FATAL",
+        }
+    }
+
+    /// Every state, for completion and tests.
+    pub const ALL: [State; 7] = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Backoff,
+        State::Stopping,
+        State::Exited,
+        State::Fatal,
+    ];
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Normal exit with a status code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(Signal),
+}
+
+impl Exit {
+    /// `exit status 1` / `killed by SIGKILL`.
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit status {c}"),
+            Exit::Signal(s) => format!("killed by {}", s.as_str()),
+        }
+    }
+}
+
+/// What happened to an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Manual start (fresh retry count).
+    Start,
+    /// Manual stop.
+    Stop,
+    /// The spawn requested by [`Action::Spawn`] succeeded.
+    Spawned {
+        /// Pid (= process group id) of the new process.
+        pid: u32,
+    },
+    /// The spawn requested by [`Action::Spawn`] failed.
+    SpawnFailed {
+        /// Why, for the status line.
+        reason: String,
+    },
+    /// The instance's main process was reaped.
+    Exited {
+        /// How it ended.
+        exit: Exit,
+        /// Whether other members of its process group still exist.
+        group_alive: bool,
+    },
+    /// The armed deadline passed.
+    Deadline {
+        /// Whether the process group still has members.
+        group_alive: bool,
+    },
+    /// The main process is gone and its process group is now empty.
+    GroupGone,
+}
+
+/// What the supervisor must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Spawn the process, then report [`Event::Spawned`] or [`Event::SpawnFailed`].
+    Spawn,
+    /// Send this signal to the process group.
+    Signal(Signal),
+    /// Send SIGKILL to the process group.
+    Kill,
+}
+
+/// A command refused in the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `start` of a STARTING or RUNNING instance.
+    AlreadyStarted,
+    /// `start` while a stop is under way.
+    Stopping,
+    /// `stop` of an instance with no process.
+    NotRunning,
+}
+
+impl Refusal {
+    /// The message users see.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::AlreadyStarted => "already started",
+            Refusal::Stopping => "is stopping",
+            Refusal::NotRunning => "not running",
+        }
+    }
+}
+
+/// The outcome of one event.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// To perform, in order.
+    pub actions: Vec<Action>,
+    /// State changes made, in order, as (from, to).
+    pub changes: Vec<(State, State)>,
+}
+
+/// How often a stop re-checks a process group that outlived its SIGKILL.
+pub const KILL_RECHECK: Duration = Duration::from_millis(100);
+
+/// One instance's supervision state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proc {
+    /// Current state.
+    pub state: State,
+    /// The main process while it lives (also its process group id).
+    pub pid: Option<u32>,
+    /// The process group being stopped, kept until it is empty.
+    pub pgid: Option<u32>,
+    /// When the current process was spawned.
+    pub started: Option<Instant>,
+    /// Failed starts since the last manual start or RUNNING.
+    pub retries: u32,
+    /// Automatic restarts since the last manual start.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<Exit>,
+    /// Whether the last exit from RUNNING was expected.
+    pub expected: Option<bool>,
+    /// Why the last start failed (spawn error or early exit).
+    pub reason: Option<String>,
+    /// When the armed timer fires (starttime, backoff delay, stop grace).
+    pub deadline: Option<Instant>,
+    /// Whether a process was ever spawned.
+    pub ever_started: bool,
+}
+
+impl Default for Proc {
+    fn default() -> Self {
+        Proc {
+            state: State::Stopped,
+            pid: None,
+            pgid: None,
+            started: None,
+            retries: 0,
+            restarts: 0,
+            last_exit: None,
+            expected: None,
+            reason: None,
+            deadline: None,
+            ever_started: false,
+        }
+    }
+}
+
+impl Proc {
+    /// Applies one event at time `now`.
+    pub fn handle(&mut self, policy: &Policy, event: Event, now: Instant) -> Result<Step, Refusal> {
+        let mut step = Step::default();
+        match (self.state, event) {
+            (State::Running | State::Starting, Event::Start) => {
+                return Err(Refusal::AlreadyStarted)
+            }
+            (State::Stopping, Event::Start) => return Err(Refusal::Stopping),
+            (_, Event::Start) => {
+                self.retries = 0;
+                self.restarts = 0;
+                self.reason = None;
+                self.begin_start(&mut step);
+            }
+
+            (State::Starting | State::Running, Event::Stop) => {
+                self.deadline = Some(now + policy.stoptime);
+                step.actions.push(Action::Signal(policy.stopsignal));
+                self.go(State::Stopping, &mut step);
+            }
+            (State::Backoff, Event::Stop) => {
+                self.deadline = None;
+                self.go(State::Stopped, &mut step);
+            }
+            (State::Stopping, Event::Stop) => {}
+            (_, Event::Stop) => return Err(Refusal::NotRunning),
+
+            (State::Starting, Event::Spawned { pid }) => {
+                self.pid = Some(pid);
+                self.pgid = Some(pid);
+                self.started = Some(now);
+                self.ever_started = true;
+                self.last_exit = None;
+                self.expected = None;
+                if policy.starttime.is_zero() {
+                    self.up(&mut step);
+                } else {
+                    self.deadline = Some(now + policy.starttime);
+                }
+            }
+            (State::Starting, Event::SpawnFailed { reason }) => {
+                self.reason = Some(reason);
+                self.failed_start(policy, now, &mut step);
+            }
+
+            (State::Starting, Event::Exited { exit, .. }) => {
+                self.gone(exit);
+                self.reason = Some(format!("exited too quickly ({})", exit.describe()));
+                self.failed_start(policy, now, &mut step);
+            }
+            (State::Running, Event::Exited { exit, .. }) => {
+                self.gone(exit);
+                let expected = matches!(exit, Exit::Code(c) if policy.exitcodes.contains(&c));
+                self.expected = Some(expected);
+                self.go(State::Exited, &mut step);
+                let restart = match policy.autorestart {
+                    AutoRestart::Always => true,
+                    AutoRestart::Unexpected => !expected,
+                    AutoRestart::Never => false,
+                };
+                if restart {
+                    self.restarts += 1;
+                    self.retries = 0;
+                    self.begin_start(&mut step);
+                }
+            }
+            (State::Stopping, Event::Exited { exit, group_alive }) => {
+                self.pid = None;
+                self.last_exit = Some(exit);
+                self.expected = None;
+                if group_alive {
+                    // The rest of the group outlived its leader: make sure the
+                    // grace timer (or a prompt re-check after SIGKILL) is armed.
+                    if self.deadline.is_none() {
+                        step.actions.push(Action::Kill);
+                        self.deadline = Some(now + KILL_RECHECK);
+                    }
+                } else {
+                    self.stopped(&mut step);
+                }
+            }
+
+            (State::Starting, Event::Deadline { .. }) if self.deadline.is_some() => {
+                self.up(&mut step);
+            }
+            (State::Backoff, Event::Deadline { .. }) if self.deadline.is_some() => {
+                self.begin_start(&mut step);
+            }
+            (State::Stopping, Event::Deadline { group_alive }) if self.deadline.is_some() => {
+                if self.pid.is_none() && !group_alive {
+                    self.stopped(&mut step);
+                } else {
+                    step.actions.push(Action::Kill);
+                    self.deadline = Some(now + KILL_RECHECK);
+                }
+            }
+            (State::Stopping, Event::GroupGone) if self.pid.is_none() => self.stopped(&mut step),
+
+            // Stale or impossible combinations (a timer for a state already
+            // left, an exit for a process already accounted for) change nothing.
+            _ => {}
+        }
+        Ok(step)
+    }
+
+    fn go(&mut self, to: State, step: &mut Step) {
+        step.changes.push((self.state, to));
+        self.state = to;
+    }
+
+    fn begin_start(&mut self, step: &mut Step) {
+        self.deadline = None;
+        self.pid = None;
+        step.actions.push(Action::Spawn);
+        self.go(State::Starting, step);
+    }
+
+    fn up(&mut self, step: &mut Step) {
+        self.deadline = None;
+        self.retries = 0;
+        self.reason = None;
+        self.go(State::Running, step);
+    }
+
+    fn gone(&mut self, exit: Exit) {
+        self.pid = None;
+        self.pgid = None;
+        self.last_exit = Some(exit);
+        self.expected = None;
+    }
+
+    fn stopped(&mut self, step: &mut Step) {
+        self.pid = None;
+        self.pgid = None;
+        self.deadline = None;
+        self.go(State::Stopped, step);
+    }
+
+    /// A start failed: BACKOFF with a delay of k seconds before retry k, or
+    /// FATAL once `startretries` retries have failed.
+    fn failed_start(&mut self, policy: &Policy, now: Instant, step: &mut Step) {
+        self.pid = None;
+        self.go(State::Backoff, step);
+        if self.retries < policy.startretries {
+            self.retries += 1;
+            self.deadline = Some(now + Duration::from_secs(u64::from(self.retries)));
+        } else {
+            self.deadline = None;
+            self.go(State::Fatal, step);
+        }
+    }
+
+    /// The supervisorctl-style status text.
+    pub fn describe(&self, now: Instant) -> String {
+        let uptime = |started: Instant| format_uptime(now.saturating_duration_since(started));
+        match self.state {
+            State::Running => match (self.pid, self.started) {
+                (Some(pid), Some(s)) => format!("pid {pid}, uptime {}", uptime(s)),
+                _ => String::new(),
+            },
+            State::Starting | State::Stopping => {
+                self.pid.map(|p| format!("pid {p}")).unwrap_or_default()
+            }
+            State::Backoff | State::Fatal => self.reason.clone().unwrap_or_default(),
+            State::Exited => match self.last_exit {
+                Some(exit) => {
+                    let exp = if self.expected == Some(true) {
+                        "expected"
+                    } else {
+                        "not expected"
+                    };
+                    format!("{}; {exp}", exit.describe())
+                }
+                None => String::new(),
+            },
+            State::Stopped if !self.ever_started => "Not started".into(),
+            State::Stopped => "stopped".into(),
+        }
+    }
+}
+
+/// `H:MM:SS`, as supervisorctl prints uptimes.
+pub fn format_uptime(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use State::*;
+
+    fn policy() -> Policy {
+        Policy {
+            startretries: 2,
+            starttime: Duration::from_secs(1),
+            stoptime: Duration::from_secs(5),
+            ..Policy::default()
+        }
+    }
+
+    fn at(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn proc_in(state: State, pid: Option<u32>) -> Proc {
+        Proc {
+            state,
+            pid,
+            pgid: pid,
+            ever_started: pid.is_some(),
+            ..Proc::default()
+        }
+    }
+
+    /// One row: start state (with or without a live pid), event, the
+    /// expected actions, the state changes, and the timer left armed.
+    struct Row {
+        from: State,
+        pid: Option<u32>,
+        deadline: bool,
+        event: Event,
+        actions: Vec<Action>,
+        changes: Vec<(State, State)>,
+        armed: Option<f64>,
+    }
+
+    fn row(from: State, pid: Option<u32>, event: Event) -> Row {
+        Row {
+            from,
+            pid,
+            deadline: false,
+            event,
+            actions: vec![],
+            changes: vec![],
+            armed: None,
+        }
+    }
+
+    impl Row {
+        fn timer(mut self) -> Self {
+            self.deadline = true;
+            self
+        }
+        fn acts(mut self, a: &[Action]) -> Self {
+            self.actions = a.to_vec();
+            self
+        }
+        fn to(mut self, c: &[(State, State)]) -> Self {
+            self.changes = c.to_vec();
+            self
+        }
+        fn armed(mut self, secs: f64) -> Self {
+            self.armed = Some(secs);
+            self
+        }
+    }
+
+    #[test]
+    fn transition_table() {
+        let code = |c| Event::Exited {
+            exit: Exit::Code(c),
+            group_alive: false,
+        };
+        let killed = Event::Exited {
+            exit: Exit::Signal(Signal::SIGKILL),
+            group_alive: false,
+        };
+        let term = Signal::SIGTERM;
+        let rows = vec![
+            // start from every idle state spawns
+            row(Stopped, None, Event::Start)
+                .acts(&[Action::Spawn])
+                .to(&[(Stopped, Starting)]),
+            row(Exited, None, Event::Start)
+                .acts(&[Action::Spawn])
+                .to(&[(Exited, Starting)]),
+            row(Fatal, None, Event::Start)
+                .acts(&[Action::Spawn])
+                .to(&[(Fatal, Starting)]),
+            row(Backoff, None, Event::Start)
+                .timer()
+                .acts(&[Action::Spawn])
+                .to(&[(Backoff, Starting)]),
+            // spawned: wait starttime; then RUNNING
+            row(Starting, None, Event::Spawned { pid: 9 }).armed(1.0),
+            row(Starting, Some(9), Event::Deadline { group_alive: true })
+                .timer()
+                .to(&[(Starting, Running)]),
+            // exits while starting back off 1 s before retry 1
+            row(Starting, Some(9), code(0))
+                .to(&[(Starting, Backoff)])
+                .armed(1.0),
+            row(Starting, None, Event::SpawnFailed { reason: "x".into() })
+                .to(&[(Starting, Backoff)])
+                .armed(1.0),
+            row(Backoff, None, Event::Deadline { group_alive: false })
+                .timer()
+                .acts(&[Action::Spawn])
+                .to(&[(Backoff, Starting)]),
+            // exits from RUNNING: default policy restarts only unexpected exits
+            row(Running, Some(9), code(0)).to(&[(Running, Exited)]),
+            row(Running, Some(9), code(3))
+                .acts(&[Action::Spawn])
+                .to(&[(Running, Exited), (Exited, Starting)]),
+            row(Running, Some(9), killed.clone())
+                .acts(&[Action::Spawn])
+                .to(&[(Running, Exited), (Exited, Starting)]),
+            // stop
+            row(Running, Some(9), Event::Stop)
+                .acts(&[Action::Signal(term)])
+                .to(&[(Running, Stopping)])
+                .armed(5.0),
+            row(Starting, Some(9), Event::Stop)
+                .acts(&[Action::Signal(term)])
+                .to(&[(Starting, Stopping)])
+                .armed(5.0),
+            row(Backoff, None, Event::Stop)
+                .timer()
+                .to(&[(Backoff, Stopped)]),
+            row(Stopping, Some(9), Event::Stop).timer().armed(0.0),
+            row(Stopping, Some(9), Event::Deadline { group_alive: true })
+                .timer()
+                .acts(&[Action::Kill])
+                .armed(0.1),
+            row(Stopping, Some(9), killed)
+                .timer()
+                .to(&[(Stopping, Stopped)]),
+            row(
+                Stopping,
+                Some(9),
+                Event::Exited {
+                    exit: Exit::Code(0),
+                    group_alive: true,
+                },
+            )
+            .timer()
+            .armed(0.0),
+            row(Stopping, None, Event::GroupGone)
+                .timer()
+                .to(&[(Stopping, Stopped)]),
+            row(Stopping, None, Event::Deadline { group_alive: false })
+                .timer()
+                .to(&[(Stopping, Stopped)]),
+            // stale events change nothing
+            row(Running, Some(9), Event::Deadline { group_alive: true }),
+            row(Stopped, None, Event::Deadline { group_alive: false })
+                .timer()
+                .armed(0.0),
+            row(Exited, None, code(1)),
+            row(Fatal, None, Event::Spawned { pid: 3 }),
+            row(Stopping, Some(9), Event::GroupGone).timer().armed(0.0),
+        ];
+        let base = Instant::now();
+        for (i, r) in rows.into_iter().enumerate() {
+            let mut p = proc_in(r.from, r.pid);
+            if r.deadline {
+                p.deadline = Some(base);
+            }
+            let label = format!("row {i}: {:?} + {:?}", r.from, r.event);
+            let step = p
+                .handle(&policy(), r.event, base)
+                .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+            assert_eq!(step.actions, r.actions, "{label}");
+            assert_eq!(step.changes, r.changes, "{label}");
+            assert_eq!(p.deadline.map(|d| d - base), r.armed.map(at), "{label}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let cases = [
+            (Running, Event::Start, Refusal::AlreadyStarted),
+            (Starting, Event::Start, Refusal::AlreadyStarted),
+            (Stopping, Event::Start, Refusal::Stopping),
+            (Stopped, Event::Stop, Refusal::NotRunning),
+            (Exited, Event::Stop, Refusal::NotRunning),
+            (Fatal, Event::Stop, Refusal::NotRunning),
+        ];
+        for (state, ev, want) in cases {
+            let mut p = proc_in(state, None);
+            let before = p.clone();
+            assert_eq!(
+                p.handle(&policy(), ev, Instant::now()),
+                Err(want),
+                "{state:?}"
+            );
+            assert_eq!(p, before, "a refusal changes nothing");
+        }
+    }
+
+    #[test]
+    fn autorestart_policies_with_exitcodes() {
+        // (policy, exit, restarts?)
+        let cases = [
+            (AutoRestart::Always, Exit::Code(0), true),
+            (AutoRestart::Always, Exit::Code(2), true),
+            (AutoRestart::Never, Exit::Code(2), false),
+            (AutoRestart::Never, Exit::Signal(Signal::SIGKILL), false),
+            (AutoRestart::Unexpected, Exit::Code(0), false),
+            (AutoRestart::Unexpected, Exit::Code(2), false),
+            (AutoRestart::Unexpected, Exit::Code(1), true),
+            (AutoRestart::Unexpected, Exit::Signal(Signal::SIGTERM), true),
+        ];
+        for (autorestart, exit, restarts) in cases {
+            let pol = Policy {
+                autorestart,
+                exitcodes: vec![0, 2],
+                ..policy()
+            };
+            let mut p = proc_in(Running, Some(4));
+            let step = p
+                .handle(
+                    &pol,
+                    Event::Exited {
+                        exit,
+                        group_alive: false,
+                    },
+                    Instant::now(),
+                )
+                .unwrap();
+            assert_eq!(
+                step.actions.contains(&Action::Spawn),
+                restarts,
+                "{autorestart:?} {exit:?}"
+            );
+            assert_eq!(p.restarts, u32::from(restarts));
+            let expected = matches!(exit, Exit::Code(0 | 2));
+            assert_eq!(p.expected, Some(expected));
+            if !restarts {
+                assert_eq!(p.state, Exited);
+                let exp = if expected { "expected" } else { "not expected" };
+                assert_eq!(
+                    p.describe(Instant::now()),
+                    format!("{}; {exp}", exit.describe())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retries_then_fatal_with_growing_delays() {
+        let pol = policy(); // startretries = 2 → 3 attempts
+        let mut p = Proc::default();
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut spawns = 0;
+        let mut step = p.handle(&pol, Event::Start, now).unwrap();
+        let mut delays = vec![];
+        loop {
+            assert_eq!(step.actions, vec![Action::Spawn]);
+            spawns += 1;
+            p.handle(&pol, Event::Spawned { pid: 100 + spawns }, now)
+                .unwrap();
+            let exit = Event::Exited {
+                exit: Exit::Code(1),
+                group_alive: false,
+            };
+            let s = p.handle(&pol, exit, now).unwrap();
+            if p.state == Fatal {
+                assert_eq!(s.changes, vec![(Starting, Backoff), (Backoff, Fatal)]);
+                break;
+            }
+            let d = p.deadline.unwrap();
+            delays.push(d - now);
+            now = d;
+            step = p
+                .handle(&pol, Event::Deadline { group_alive: false }, now)
+                .unwrap();
+        }
+        assert_eq!(spawns, 3, "startretries + 1 attempts");
+        assert_eq!(delays, vec![at(1.0), at(2.0)]);
+        assert_eq!(p.describe(now), "exited too quickly (exit status 1)");
+        // A manual start gets a fresh retry count.
+        p.handle(&pol, Event::Start, now).unwrap();
+        assert_eq!((p.state, p.retries), (Starting, 0));
+    }
+
+    #[test]
+    fn zero_starttime_is_running_at_once_and_zero_retries_is_fatal_at_once() {
+        let pol = Policy {
+            starttime: Duration::ZERO,
+            startretries: 0,
+            ..policy()
+        };
+        let mut p = Proc::default();
+        let now = Instant::now();
+        p.handle(&pol, Event::Start, now).unwrap();
+        let s = p.handle(&pol, Event::Spawned { pid: 5 }, now).unwrap();
+        assert_eq!(s.changes, vec![(Starting, Running)]);
+        assert_eq!(p.describe(now + at(62.0)), "pid 5, uptime 0:01:02");
+
+        let mut q = Proc::default();
+        q.handle(&pol, Event::Start, now).unwrap();
+        let s = q
+            .handle(
+                &pol,
+                Event::SpawnFailed {
+                    reason: "spawn error: nope".into(),
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(s.changes, vec![(Starting, Backoff), (Backoff, Fatal)]);
+        assert_eq!(q.describe(now), "spawn error: nope");
+    }
+
+    #[test]
+    fn stop_escalates_until_the_group_is_empty() {
+        let pol = policy();
+        let t0 = Instant::now();
+        let mut p = proc_in(Running, Some(7));
+        let s = p.handle(&pol, Event::Stop, t0).unwrap();
+        assert_eq!(s.actions, vec![Action::Signal(Signal::SIGTERM)]);
+        // The leader exits but a grandchild stays: keep waiting for the grace period.
+        let s = p
+            .handle(
+                &pol,
+                Event::Exited {
+                    exit: Exit::Code(0),
+                    group_alive: true,
+                },
+                t0 + at(1.0),
+            )
+            .unwrap();
+        assert!(s.actions.is_empty() && p.state == Stopping);
+        // Grace over: SIGKILL the group, re-check shortly.
+        let t = t0 + at(5.0);
+        let s = p
+            .handle(&pol, Event::Deadline { group_alive: true }, t)
+            .unwrap();
+        assert_eq!(s.actions, vec![Action::Kill]);
+        assert_eq!(p.deadline, Some(t + KILL_RECHECK));
+        let s = p.handle(&pol, Event::GroupGone, t + at(0.01)).unwrap();
+        assert_eq!(s.changes, vec![(Stopping, Stopped)]);
+        assert_eq!(p.describe(t), "stopped");
+        assert_eq!(Proc::default().describe(t), "Not started");
+    }
+
+    #[test]
+    fn uptime_format() {
+        assert_eq!(format_uptime(at(0.0)), "0:00:00");
+        assert_eq!(format_uptime(at(3725.0)), "1:02:05");
+        assert_eq!(format_uptime(at(360000.0)), "100:00:00");
+    }
+}
