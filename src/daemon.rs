@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigError};
 use crate::process::{self, Spawner};
+use crate::server;
 use crate::supervisor::Supervisor;
 
 /// The daemon's settings (SPEC §2).
@@ -51,7 +52,17 @@ pub fn default_config_path() -> PathBuf {
 
 /// Loads the config, supervises until shutdown.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    if opts.token.is_none() && !server::is_loopback(&opts.listen) {
+        return Err(DaemonError::Io(format!(
+            "refusing to listen on non-loopback address {} without a token (set --token or TASKMASTER_TOKEN)",
+            opts.listen
+        )));
+    }
     let loaded = config::load(&opts.config)?;
+    // Bind before anything is spawned: a port in use must leave nothing behind.
+    let listener = server::bind(&opts.listen, opts.port)
+        .await
+        .map_err(DaemonError::Io)?;
     let services = loaded.config.services.len();
     let instances: u32 = loaded.config.services.values().map(|s| s.numprocs).sum();
     crate::log!(
@@ -75,9 +86,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         path: opts.config.clone(),
         handle: handle.clone(),
     };
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);
+    let ctx = server::Context {
+        handle: handle.clone(),
+        reloader: reloader.clone(),
+        token: opts.token.as_deref().map(Into::into),
+        shutdown: shutdown_tx,
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    crate::log!("listening on ws://{addr}/");
+    let server = tokio::spawn(server::serve(listener, ctx));
     let shutdown = async {
         loop {
             tokio::select! {
+                _ = shutdown_rx.recv() => { crate::log!("shutdown requested by a client"); break }
                 _ = term.recv() => { crate::log!("received SIGTERM: shutting down"); break }
                 _ = int.recv() => { crate::log!("received SIGINT: shutting down"); break }
                 _ = hup.recv() => {
@@ -92,6 +117,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         _ = shutdown => {}
         _ = wait_actor(actor) => {}
     }
+    server.abort();
     crate::log!("taskmasterd stopped");
     Ok(())
 }

@@ -11,4 +11,5 @@ pub mod daemon;
 pub mod log;
 pub mod process;
 pub mod protocol;
+pub mod server;
 pub mod supervisor;

@@ -15,7 +15,6 @@ pub mod reload;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -650,61 +649,56 @@ impl Supervisor {
 
     /// Feeds one event to an instance and executes the resulting actions,
     /// feeding back their outcomes, until the instance is quiet.
-    fn apply<'a>(
-        &'a mut self,
-        key: &'a Key,
-        first: Event,
-    ) -> impl Future<Output = Result<(), Refusal>> + 'a {
-        async move {
-            let mut queue = VecDeque::from([first]);
-            let mut is_first = true;
-            while let Some(event) = queue.pop_front() {
-                let Some(svc) = self.services.get(&key.0) else {
-                    return Ok(());
-                };
-                let policy = svc.config.policy.clone();
-                let Some(inst) = self.instances.get_mut(key) else {
-                    return Ok(());
-                };
-                let exited = match &event {
-                    Event::Exited { exit, .. } => Some((inst.proc.pid.or(inst.last_pid), *exit)),
-                    _ => None,
-                };
-                let step = match inst.proc.handle(&policy, event, Instant::now()) {
-                    Ok(step) => step,
-                    Err(r) if is_first => return Err(r),
-                    Err(_) => return Ok(()),
-                };
-                is_first = false;
-                if let Some(pid) = inst.proc.pid {
-                    inst.last_pid = Some(pid);
-                }
-                let mut restart_after_stop = false;
-                for (n, (from, to)) in step.changes.iter().enumerate() {
-                    let exit = if n == 0 { exited } else { None };
-                    self.announce(key, *from, *to, exit, &policy);
-                    self.on_change_for_waiters(key, *to);
-                    if *to == State::Stopped {
-                        restart_after_stop |=
-                            self.instances.get_mut(key).is_some_and(|i| {
-                                std::mem::take(&mut i.restart_pending) && !i.retiring
-                            }) && self.shutdown.is_empty();
-                    }
-                }
-                for action in step.actions {
-                    if let Some(ev) = self.execute(key, action).await {
-                        queue.push_back(ev);
-                    }
-                }
-                self.track(key);
-                if restart_after_stop {
-                    queue.push_back(Event::Start);
+    async fn apply(&mut self, key: &Key, first: Event) -> Result<(), Refusal> {
+        let mut queue = VecDeque::from([first]);
+        let mut is_first = true;
+        while let Some(event) = queue.pop_front() {
+            let Some(svc) = self.services.get(&key.0) else {
+                return Ok(());
+            };
+            let policy = svc.config.policy.clone();
+            let Some(inst) = self.instances.get_mut(key) else {
+                return Ok(());
+            };
+            let exited = match &event {
+                Event::Exited { exit, .. } => Some((inst.proc.pid.or(inst.last_pid), *exit)),
+                _ => None,
+            };
+            let step = match inst.proc.handle(&policy, event, Instant::now()) {
+                Ok(step) => step,
+                Err(r) if is_first => return Err(r),
+                Err(_) => return Ok(()),
+            };
+            is_first = false;
+            if let Some(pid) = inst.proc.pid {
+                inst.last_pid = Some(pid);
+            }
+            let mut restart_after_stop = false;
+            for (n, (from, to)) in step.changes.iter().enumerate() {
+                let exit = if n == 0 { exited } else { None };
+                self.announce(key, *from, *to, exit, &policy);
+                self.on_change_for_waiters(key, *to);
+                if *to == State::Stopped {
+                    restart_after_stop |= self
+                        .instances
+                        .get_mut(key)
+                        .is_some_and(|i| std::mem::take(&mut i.restart_pending) && !i.retiring)
+                        && self.shutdown.is_empty();
                 }
             }
-            self.flush_waiters();
-            self.drop_retired(key);
-            Ok(())
+            for action in step.actions {
+                if let Some(ev) = self.execute(key, action).await {
+                    queue.push_back(ev);
+                }
+            }
+            self.track(key);
+            if restart_after_stop {
+                queue.push_back(Event::Start);
+            }
         }
+        self.flush_waiters();
+        self.drop_retired(key);
+        Ok(())
     }
 
     /// Keeps `pids` and `draining` in line with the instance's state.

@@ -1,0 +1,464 @@
+//! The WebSocket server (SPEC §7): accept loop, handshake checks, one task
+//! per client.
+//!
+//! Every byte from a socket is hostile. The handshake is bounded in time
+//! (half-open handshakes are dropped), refuses browser `Origin`s that are
+//! not loopback (cross-site WebSocket hijacking) with 403, and requires
+//! `Authorization: Bearer TOKEN` (compared in constant time) with 401 when a
+//! token is set. Frames and messages over 64 KiB are refused by tungstenite
+//! from the frame header, before the payload is buffered.
+//!
+//! A client cannot stall the daemon or other clients: each request runs in
+//! its own task (a slow `start` does not hold up a `status` on the same
+//! connection), replies go through a small bounded queue drained by the
+//! connection's writer, in-flight requests per connection are capped (a
+//! client that never reads just stops being read), and a subscriber that
+//! falls behind the bounded event channel is disconnected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HttpRequest, Response,
+};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::daemon::Reloader;
+use crate::protocol::{Reply, Request, MAX_FRAME};
+use crate::supervisor::{Control, Handle};
+
+/// How long a client may take to complete the WebSocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CLIENTS: usize = 512;
+/// Requests of one connection in flight at once.
+const MAX_IN_FLIGHT: usize = 16;
+/// Frames queued for one connection's writer.
+const OUTBOX: usize = 64;
+
+/// What the server needs from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    /// The supervisor.
+    pub handle: Handle,
+    /// Reload entry point.
+    pub reloader: Reloader,
+    /// Required bearer token.
+    pub token: Option<Arc<str>>,
+    /// Asks the daemon to shut down.
+    pub shutdown: mpsc::Sender<()>,
+}
+
+/// Is this listen address loopback-only?
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Binds the listening socket (before anything is spawned, so a port in
+/// use fails start-up cleanly).
+pub async fn bind(listen: &str, port: u16) -> Result<TcpListener, String> {
+    let host = listen.trim_start_matches('[').trim_end_matches(']');
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("cannot listen on {addr}: the port is already in use (is another taskmasterd running? use --port)")
+        }
+        _ => format!("cannot listen on {addr}: {e}"),
+    })
+}
+
+/// Serves clients until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Context) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                crate::log!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            client(stream, peer, ctx).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Whether a browser `Origin` may drive the daemon (SPEC §9).
+pub fn origin_allowed(origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let rest = match origin.split_once("://") {
+        Some(("http" | "https", rest)) => rest,
+        _ => return false,
+    };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, tail)) if tail.is_empty() || tail.starts_with(':') => {
+                return h == "::1" && port_ok(tail)
+            }
+            _ => return false,
+        }
+    } else {
+        rest
+    };
+    let (name, tail) = match host.split_once(':') {
+        Some((n, p)) => (n, format!(":{p}")),
+        None => (host, String::new()),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "127.0.0.1" | "localhost"
+    ) && port_ok(&tail)
+}
+
+fn port_ok(tail: &str) -> bool {
+    tail.is_empty() || tail[1..].parse::<u16>().is_ok()
+}
+
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(text.to_string()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn check_handshake(
+    req: &HttpRequest,
+    token: Option<&str>,
+) -> Result<(), (StatusCode, &'static str)> {
+    let origin = req
+        .headers()
+        .get("origin")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if !origin_allowed(origin) {
+        return Err((StatusCode::FORBIDDEN, "cross-origin requests are refused\n"));
+    }
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n"));
+        }
+    }
+    Ok(())
+}
+
+// tungstenite's Callback trait fixes the large error type of the closure.
+#[allow(clippy::result_large_err)]
+async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
+    let _ = stream.set_nodelay(true);
+    let token = ctx.token.clone();
+    let callback = move |req: &HttpRequest, resp: Response| {
+        check_handshake(req, token.as_deref())
+            .map(|()| resp)
+            .map_err(|(status, text)| refuse(status, text))
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024);
+    let accepted = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
+    )
+    .await;
+    let ws = match accepted {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            crate::log!("client {peer}: handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            crate::log!("client {peer}: handshake timed out");
+            return;
+        }
+    };
+    let (mut sink, mut source) = ws.split();
+    let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = outbox.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            if sink.send(msg).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut subscribed = false;
+    while let Some(frame) = source.next().await {
+        let text = match frame {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                let reply = Reply::err(
+                    Value::Null,
+                    "bad_request",
+                    "binary frames are not supported; send JSON text",
+                );
+                if out.send(Message::text(reply.encode())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue, // ping/pong are answered by tungstenite
+            Err(WsError::Capacity(e)) => {
+                crate::log!("client {peer}: {e}; closing");
+                let frame = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "frame too large (limit 64 KiB)".into(),
+                };
+                let _ = out.send(Message::Close(Some(frame))).await;
+                break;
+            }
+            Err(e) => {
+                crate::log!("client {peer}: {e}; closing");
+                break;
+            }
+        };
+        let request = match Request::decode(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                let reply = Reply::err(e.id, e.code, e.message);
+                if out.send(Message::text(reply.encode())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        crate::log!("client {peer}: {} {}", request.cmd, request.args.join(" "));
+        if request.cmd == "subscribe" {
+            let reply = if !request.args.is_empty() {
+                Reply::err(request.id, "bad_args", "subscribe takes no arguments")
+            } else if subscribed {
+                Reply::ok(request.id, json!({}))
+            } else {
+                subscribed = true;
+                let events = ctx.handle.subscribe();
+                let reply = Reply::ok(request.id, json!({}));
+                if out.send(Message::text(reply.encode())).await.is_err() {
+                    break;
+                }
+                tokio::spawn(forward_events(events, out.clone(), peer));
+                continue;
+            };
+            if out.send(Message::text(reply.encode())).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        // Waiting here for a free slot stops reading from a client that
+        // floods requests without reading the replies.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            let reply = execute(&ctx, request).await;
+            let _ = out.send(Message::text(reply.encode())).await;
+            drop(permit);
+        });
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+async fn forward_events(
+    mut events: broadcast::Receiver<crate::protocol::Event>,
+    out: mpsc::Sender<Message>,
+    peer: SocketAddr,
+) {
+    loop {
+        match events.recv().await {
+            Ok(ev) => {
+                let text = serde_json::to_string(&ev).unwrap_or_default();
+                // A subscriber whose queue is full is not reading: drop it
+                // rather than let it hold events (or the daemon) back.
+                if let Err(e) = out.try_send(Message::text(text)) {
+                    if let mpsc::error::TrySendError::Full(_) = e {
+                        crate::log!("client {peer}: subscriber too slow, disconnecting");
+                        let frame = CloseFrame {
+                            code: CloseCode::Policy,
+                            reason: "too slow reading events".into(),
+                        };
+                        let _ = out.try_send(Message::Close(Some(frame)));
+                    }
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                crate::log!("client {peer}: subscriber missed {n} events, disconnecting");
+                let frame = CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "too slow reading events".into(),
+                };
+                let _ = out.try_send(Message::Close(Some(frame)));
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Runs one request and builds its reply.
+pub async fn execute(ctx: &Context, req: Request) -> Reply {
+    let id = req.id;
+    let no_args = |cmd: &str| -> Option<Reply> {
+        (!req.args.is_empty())
+            .then(|| Reply::err(id.clone(), "bad_args", format!("{cmd} takes no arguments")))
+    };
+    match req.cmd.as_str() {
+        "status" => match ctx.handle.status(req.args).await {
+            Ok(data) => Reply::ok(id, serde_json::to_value(data).unwrap_or(Value::Null)),
+            Err(e) => Reply::err(id, e.code, e.message),
+        },
+        "start" | "stop" | "restart" => {
+            let action = match req.cmd.as_str() {
+                "start" => Control::Start,
+                "stop" => Control::Stop,
+                _ => Control::Restart,
+            };
+            match ctx.handle.control(action, req.args).await {
+                Ok(results) => Reply::ok(id, json!({ "results": results })),
+                Err(e) => Reply::err(id, e.code, e.message),
+            }
+        }
+        "reload" => {
+            if let Some(r) = no_args("reload") {
+                return r;
+            }
+            match ctx.reloader.reload().await {
+                Ok(diff) => Reply::ok(id, serde_json::to_value(diff).unwrap_or(Value::Null)),
+                Err(e) => Reply::err(id, "bad_config", e),
+            }
+        }
+        "shutdown" | "exit" => {
+            if let Some(r) = no_args(&req.cmd) {
+                return r;
+            }
+            let _ = ctx.shutdown.try_send(());
+            Reply::ok(id, json!({}))
+        }
+        "version" => no_args("version")
+            .unwrap_or_else(|| Reply::ok(id, json!({ "version": env!("CARGO_PKG_VERSION") }))),
+        other => {
+            let known = [
+                "status",
+                "start",
+                "stop",
+                "restart",
+                "reload",
+                "shutdown",
+                "exit",
+                "subscribe",
+                "version",
+            ];
+            let hint = crate::config::did_you_mean(other, &known)
+                .map(|k| format!(" (did you mean \"{k}\"?)"))
+                .unwrap_or_default();
+            let shown: String = other.chars().take(64).collect();
+            Reply::err(
+                id,
+                "unknown_command",
+                format!("unknown command \"{shown}\"{hint}"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let allowed = [
+            None,
+            Some("http://127.0.0.1"),
+            Some("http://127.0.0.1:3333"),
+            Some("https://localhost:8080"),
+            Some("http://LOCALHOST"),
+            Some("http://[::1]:3333"),
+            Some("http://[::1]"),
+        ];
+        for o in allowed {
+            assert!(origin_allowed(o), "{o:?}");
+        }
+        let refused = [
+            "http://evil.com",
+            "http://127.0.0.1.evil.com",
+            "http://localhost.evil.com:80",
+            "null",
+            "file://",
+            "ws://127.0.0.1",
+            "http://[::2]",
+            "http://127.0.0.1:notaport",
+            "http://user@127.0.0.1",
+            "",
+        ];
+        for o in refused {
+            assert!(!origin_allowed(Some(o)), "{o}");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn loopback_listen_addresses() {
+        for a in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in ["0.0.0.0", "::", "192.168.1.2", "example.com"] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
+}

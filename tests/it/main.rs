@@ -1,0 +1,4 @@
+//! One integration test binary (fast to link) with a module per area.
+
+mod common;
+mod engine;
