@@ -53,6 +53,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub port: u16,
     pub child: Option<Child>,
+    /// The `--token` the daemon was started with, sent by `connect`.
+    pub token: Option<String>,
     sub: Option<Ws>,
     next_id: u64,
     ws: Option<Ws>,
@@ -69,11 +71,17 @@ impl Daemon {
         let dir = temp_dir(tag);
         let config = dir.join(file);
         fs::write(&config, text).expect("write config");
+        let token = extra
+            .iter()
+            .position(|a| *a == "--token")
+            .and_then(|i| extra.get(i + 1))
+            .map(|t| t.to_string());
         let mut d = Daemon {
             dir,
             config,
             port: 0,
             child: None,
+            token,
             sub: None,
             next_id: 0,
             ws: None,
@@ -143,7 +151,15 @@ impl Daemon {
     }
 
     pub fn connect(&self) -> Ws {
-        let (ws, _) = tungstenite::connect(self.url()).expect("connect to taskmasterd");
+        use tungstenite::client::IntoClientRequest;
+        let mut req = self.url().into_client_request().expect("request");
+        if let Some(t) = &self.token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        let (ws, _) = tungstenite::connect(req).expect("connect to taskmasterd");
         ws
     }
 
