@@ -6,11 +6,13 @@
 //! stoptime, then the daemon exits 0; SIGHUP reloads.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigError};
 use crate::process::{self, Spawner};
+use crate::protocol::{DiffData, Event, ReloadEvent};
 use crate::server;
 use crate::supervisor::Supervisor;
 
@@ -82,9 +84,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), spawner);
     let actor = tokio::spawn(sup.run(rx));
 
-    let reloader = Reloader {
-        path: opts.config.clone(),
-        handle: handle.clone(),
+    let reloader = Reloader::new(opts.config.clone(), handle.clone());
+    let watcher = match crate::watcher::ConfigWatcher::start(&loaded.files) {
+        Ok((w, changes)) => Some(tokio::spawn(crate::watcher::run(
+            w,
+            changes,
+            reloader.clone(),
+        ))),
+        Err(e) => {
+            crate::log!("warning: cannot watch the config for changes: {e}");
+            None
+        }
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);
     let ctx = server::Context {
@@ -118,6 +128,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         _ = wait_actor(actor) => {}
     }
     server.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     crate::log!("taskmasterd stopped");
     Ok(())
 }
@@ -132,58 +145,66 @@ fn io_err(e: std::io::Error) -> DaemonError {
     DaemonError::Io(e.to_string())
 }
 
-/// Loads the config again and applies it (the reload entry point).
+/// Loads the config again and applies it (the reload entry point, shared
+/// by the `reload` command, SIGHUP and the file watcher).
 #[derive(Clone)]
 pub struct Reloader {
     /// The config file.
     pub path: PathBuf,
     /// The supervisor.
     pub handle: crate::supervisor::Handle,
+    /// One reload at a time, so the last one applied is the last one read.
+    pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
+    /// A reloader for `path`.
+    pub fn new(path: PathBuf, handle: crate::supervisor::Handle) -> Reloader {
+        Reloader {
+            path,
+            handle,
+            lock: Arc::default(),
+        }
+    }
+
     /// Evaluates the config off the actor, then applies it or records the error.
-    pub async fn reload(&self) -> Result<crate::protocol::DiffData, String> {
+    pub async fn reload(&self) -> Result<DiffData, String> {
+        self.reload_files().await.map(|(diff, _)| diff)
+    }
+
+    /// Like [`Reloader::reload`], also returning the files the config read.
+    pub async fn reload_files(&self) -> Result<(DiffData, Vec<PathBuf>), String> {
+        let _one_at_a_time = self.lock.lock().await;
         let path = self.path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(Path::new(&path)))
             .await
             .map_err(|e| format!("config evaluation crashed: {e}"))?;
-        match loaded {
-            Ok(loaded) => {
-                let diff = self
-                    .handle
-                    .apply(loaded.config)
-                    .await
-                    .ok_or_else(|| "the daemon is shutting down".to_string())?;
-                crate::log!(
-                    "reload: ok (added {:?}, removed {:?}, changed {:?}, unchanged {:?})",
-                    diff.added,
-                    diff.removed,
-                    diff.changed,
-                    diff.unchanged
-                );
-                self.handle.publish(crate::protocol::Event::Reload(
-                    crate::protocol::ReloadEvent {
-                        ok: true,
-                        error: None,
-                        diff: Some(diff.clone()),
-                    },
-                ));
-                Ok(diff)
-            }
+        let result = match loaded {
+            Ok(loaded) => match self.handle.apply(loaded.config).await {
+                Some(diff) => {
+                    crate::log!(
+                        "reload: ok (added {:?}, removed {:?}, changed {:?}, unchanged {:?})",
+                        diff.added,
+                        diff.removed,
+                        diff.changed,
+                        diff.unchanged
+                    );
+                    Ok((diff, loaded.files))
+                }
+                None => Err("the daemon is shutting down".to_string()),
+            },
             Err(e) => {
                 let error = e.to_string();
                 crate::log!("reload: failed, keeping the running config: {error}");
                 self.handle.config_failed(error.clone()).await;
-                self.handle.publish(crate::protocol::Event::Reload(
-                    crate::protocol::ReloadEvent {
-                        ok: false,
-                        error: Some(error.clone()),
-                        diff: None,
-                    },
-                ));
                 Err(error)
             }
-        }
+        };
+        self.handle.publish(Event::Reload(ReloadEvent {
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            diff: result.as_ref().ok().map(|(d, _)| d.clone()),
+        }));
+        result
     }
 }

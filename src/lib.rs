@@ -13,3 +13,4 @@ pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod supervisor;
+pub mod watcher;

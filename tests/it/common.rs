@@ -90,6 +90,23 @@ impl Daemon {
         d
     }
 
+    /// Starts a daemon on a folder already holding `taskmaster.lua`.
+    pub fn adopt(dir: PathBuf) -> Daemon {
+        let config = dir.join("taskmaster.lua");
+        let mut d = Daemon {
+            dir,
+            config,
+            port: 0,
+            child: None,
+            token: None,
+            sub: None,
+            next_id: 0,
+            ws: None,
+        };
+        d.launch(&[]);
+        d
+    }
+
     /// Starts (or restarts) the daemon process and waits until it serves.
     pub fn launch(&mut self, extra: &[&str]) {
         self.port = free_port();

@@ -2,4 +2,5 @@
 
 mod common;
 mod engine;
+mod reload;
 mod server;
