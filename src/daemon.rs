@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigError};
+use crate::hooks::HookQueue;
 use crate::process::{self, Spawner};
 use crate::protocol::{DiffData, Event, ReloadEvent};
 use crate::server;
@@ -81,7 +82,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(io_err)?;
 
     let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
-    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), spawner);
+    let hooks = HookQueue::default();
+    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), spawner, hooks.clone());
+    crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
+        .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
     let actor = tokio::spawn(sup.run(rx));
 
     let reloader = Reloader::new(opts.config.clone(), handle.clone());
@@ -131,6 +135,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(w) = watcher {
         w.abort();
     }
+    hooks.close();
     crate::log!("taskmasterd stopped");
     Ok(())
 }
@@ -180,7 +185,7 @@ impl Reloader {
             .await
             .map_err(|e| format!("config evaluation crashed: {e}"))?;
         let result = match loaded {
-            Ok(loaded) => match self.handle.apply(loaded.config).await {
+            Ok(loaded) => match self.handle.apply(loaded.config, loaded.hooks).await {
                 Some(diff) => {
                     crate::log!(
                         "reload: ok (added {:?}, removed {:?}, changed {:?}, unchanged {:?})",

@@ -6,8 +6,10 @@
 //! and serves commands over WebSocket ([`server`], speaking [`protocol`]).
 //! The client (`taskmasterctl`) lives in [`client`]. See ARCHITECTURE.md.
 
+pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod hooks;
 pub mod log;
 pub mod process;
 pub mod protocol;

@@ -20,9 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
@@ -253,18 +253,63 @@ pub fn become_subreaper() {
     }
 }
 
-/// Runs a shell command without waiting (for `tm.exec`); its output goes to
-/// `log` and its exit is reaped by [`reap`].
-pub fn spawn_detached_shell(cmd: &str, log: Option<&Path>) -> Result<u32, String> {
-    let req = SpawnRequest {
-        cmd: cmd.to_string(),
-        env: BTreeMap::new(),
-        workingdir: None,
-        umask: None,
-        stdout: log.map(Path::to_path_buf),
-        stderr: log.map(Path::to_path_buf),
+/// Runs `cmd` under `/bin/sh -c` without waiting; its output goes to the
+/// daemon log. The daemon's reaper collects its exit.
+pub fn exec_logged(cmd: &str) -> std::io::Result<u32> {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log!("exec: cannot run {cmd:?}: {e}");
+            return Err(e);
+        }
     };
-    spawn_now(&req)
+    let pid = child.id();
+    crate::log!("exec[{pid}]: {cmd}");
+    let streams: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for stream in streams {
+        let _ = std::thread::Builder::new()
+            .name("exec-output".into())
+            .spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    crate::log!("exec[{pid}]: {line}");
+                }
+            });
+    }
+    // Not waited for here: the supervisor reaps every child on SIGCHLD.
+    drop(child);
+    Ok(pid)
 }
 
 #[cfg(test)]

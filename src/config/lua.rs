@@ -164,10 +164,12 @@ fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Res
         format!("{lua_base}/?.lua;{lua_base}/?/init.lua;{lua_base}/scripts/?.lua;{lua_base}/scripts/?/init.lua;{path}"),
     )?;
 
-    let (module, handlers): (Table, Table) = lua
-        .load(PRELUDE)
-        .set_name("=taskmaster")
-        .call((resolve, read_json, log))?;
+    let (module, handlers): (Table, Table) = lua.load(PRELUDE).set_name("=taskmaster").call((
+        resolve,
+        read_json,
+        log,
+        base_str.clone(),
+    ))?;
     lua.set_named_registry_value(MODULE_KEY, module)?;
     lua.set_named_registry_value(HANDLERS_KEY, handlers)?;
     Ok(())
@@ -180,7 +182,7 @@ fn lua_pattern_escape(s: &str) -> String {
 
 /// Lua side of `prepare`: error levels point at the caller's file:line.
 const PRELUDE: &str = r#"
-local resolve, read_json, log = ...
+local resolve, read_json, log, config_dir = ...
 local orig_dofile, loadfile, searchpath = dofile, loadfile, package.searchpath
 
 function load_json(path)
@@ -208,6 +210,7 @@ end)
 local handlers = {}
 local tm = {
   hook_timeout = 1,
+  config_dir = config_dir,
   on = function(event, fn)
     if type(event) ~= "string" then error("taskmaster.on: event must be a string", 2) end
     if type(fn) ~= "function" then error("taskmaster.on: handler must be a function", 2) end
@@ -217,6 +220,12 @@ local tm = {
   end,
   log = log,
 }
+-- Bound to the daemon once the config is running (hooks only).
+for _, name in ipairs({ "exec", "start", "stop", "restart", "status" }) do
+  tm[name] = function()
+    error("taskmaster." .. name .. " is only available inside hooks", 2)
+  end
+end
 package.loaded["taskmaster"] = tm
 taskmaster = tm
 return tm, handlers

@@ -23,10 +23,12 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::config::lua::HookState;
 use crate::config::{Config, Service};
+use crate::hooks::HookQueue;
 use crate::process::{self, SpawnRequest, Spawner};
 use crate::protocol::{
-    ActionResult, ConfigInfo, DiffData, Event as WireEvent, InstanceInfo, ReloadEvent, StatusData,
+    ActionResult, ConfigInfo, DiffData, Event as WireEvent, InstanceInfo, StatusData,
     TransitionEvent,
 };
 use state::{Action, Event, Exit, Proc, Refusal, State};
@@ -71,9 +73,10 @@ pub enum Request {
         names: Vec<String>,
         reply: Answer<Vec<ActionResult>>,
     },
-    /// Apply a freshly loaded config (the caller validated it).
+    /// Apply a freshly loaded config (the caller validated it) and its hooks.
     Apply {
         config: Config,
+        hooks: Option<HookState>,
         reply: oneshot::Sender<DiffData>,
     },
     /// Record a config that failed to load.
@@ -87,6 +90,7 @@ pub enum Request {
 pub struct Handle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WireEvent>,
+    hooks: HookQueue,
 }
 
 impl Handle {
@@ -118,9 +122,31 @@ impl Handle {
         .unwrap_or_else(gone)
     }
 
-    /// Applies a validated config; returns the diff.
-    pub async fn apply(&self, config: Config) -> Option<DiffData> {
-        self.ask(|reply| Request::Apply { config, reply }).await
+    /// Applies a validated config and its hooks; returns the diff.
+    pub async fn apply(&self, config: Config, hooks: Option<HookState>) -> Option<DiffData> {
+        self.ask(|reply| Request::Apply {
+            config,
+            hooks,
+            reply,
+        })
+        .await
+    }
+
+    /// `status` from a thread outside the runtime (the hook host).
+    pub fn status_blocking(&self) -> Result<StatusData, String> {
+        let (tx, rx) = oneshot::channel();
+        let req = Request::Status {
+            names: Vec::new(),
+            reply: tx,
+        };
+        self.tx
+            .blocking_send(req)
+            .map_err(|_| "the daemon is shutting down".to_string())?;
+        match rx.blocking_recv() {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(e)) => Err(e.message),
+            Err(_) => Err("the daemon is shutting down".into()),
+        }
     }
 
     /// Records a failed reload.
@@ -139,8 +165,9 @@ impl Handle {
         self.events.subscribe()
     }
 
-    /// Publishes an event to subscribers (used for reload results).
+    /// Publishes an event to subscribers and hooks (used for reload results).
     pub fn publish(&self, event: WireEvent) {
+        self.hooks.push_event(&event);
         let _ = self.events.send(event);
     }
 }
@@ -196,9 +223,6 @@ struct Waiter {
     reply: Answer<Vec<ActionResult>>,
 }
 
-/// Sink for transition events besides subscribers (the hook host).
-pub type EventSink = Box<dyn Fn(&WireEvent) + Send>;
-
 /// The actor's state.
 pub struct Supervisor {
     /// Services by name.
@@ -217,8 +241,8 @@ pub struct Supervisor {
     config_info: ConfigInfo,
     /// Subscribers.
     events: broadcast::Sender<WireEvent>,
-    /// The hook host, when the config has hooks.
-    sink: Option<EventSink>,
+    /// The hook host's queue.
+    hooks: HookQueue,
     /// Answered once everything is stopped after a shutdown request.
     shutdown: Vec<oneshot::Sender<()>>,
 }
@@ -236,6 +260,7 @@ impl Supervisor {
         config: Config,
         path: PathBuf,
         spawner: Spawner,
+        hooks: HookQueue,
     ) -> (Supervisor, Handle, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -252,18 +277,13 @@ impl Supervisor {
                 error: None,
             },
             events: events.clone(),
-            sink: None,
+            hooks: hooks.clone(),
             shutdown: Vec::new(),
         };
         for (name, svc) in config.services {
             sup.add_service(name.into(), svc);
         }
-        (sup, Handle { tx, events }, rx)
-    }
-
-    /// Routes every transition and reload event to `sink` as well.
-    pub fn set_sink(&mut self, sink: EventSink) {
-        self.sink = Some(sink);
+        (sup, Handle { tx, events, hooks }, rx)
     }
 
     fn add_service(&mut self, name: Name, config: Service) {
@@ -386,7 +406,13 @@ impl Supervisor {
                 names,
                 reply,
             } => self.control(action, names, reply).await,
-            Request::Apply { config, reply } => {
+            Request::Apply {
+                config,
+                hooks,
+                reply,
+            } => {
+                // Events from here on belong to the new config's hooks.
+                self.hooks.replace(hooks);
                 let diff = self.apply_config(config).await;
                 let _ = reply.send(diff);
             }
@@ -831,18 +857,7 @@ impl Supervisor {
             expected,
             time: unix_now(),
         });
-        if let Some(sink) = &self.sink {
-            sink(&event);
-        }
-        let _ = self.events.send(event);
-    }
-
-    /// Publishes a reload result to subscribers and hooks.
-    pub fn publish_reload(&self, event: ReloadEvent) {
-        let event = WireEvent::Reload(event);
-        if let Some(sink) = &self.sink {
-            sink(&event);
-        }
+        self.hooks.push_event(&event);
         let _ = self.events.send(event);
     }
 

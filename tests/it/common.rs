@@ -397,3 +397,33 @@ pub fn lines_of(path: &Path) -> Vec<String> {
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
+
+/// Polls (bounded) until `cond` holds for the file's text; returns it.
+/// For output written by hooks and children, which send no daemon event.
+pub fn wait_file(path: &Path, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if cond(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting on {}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Copies the shipped `scripts/` into a test's config folder.
+pub fn install_scripts(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let dst = dir.join("scripts");
+    fs::create_dir_all(&dst).expect("scripts dir");
+    for entry in fs::read_dir(src).expect("read scripts").flatten() {
+        if entry.path().extension().is_some_and(|e| e == "lua") {
+            fs::copy(entry.path(), dst.join(entry.file_name())).expect("copy script");
+        }
+    }
+}

@@ -2,5 +2,6 @@
 
 mod common;
 mod engine;
+mod hooks;
 mod reload;
 mod server;

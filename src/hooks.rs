@@ -1,0 +1,287 @@
+//! The Lua hook host (SPEC §6): runs the config's `tm.on(...)` handlers on a
+//! thread of its own, fed events in order through a bounded queue.
+//!
+//! Supervision never waits for a hook: the actor only pushes onto the queue
+//! (a mutex held for a push). When hooks fall more than [`QUEUE_CAP`] events
+//! behind, the oldest pending events are dropped and the count is logged.
+//!
+//! Each handler call has a wall-clock budget (`tm.hook_timeout`, 1 s by
+//! default) enforced by an instruction-count hook whose deadline stays
+//! expired, so a `pcall` inside the script cannot swallow the cut-off, and
+//! the state has a memory limit. Errors and cut-offs are logged with the
+//! file:line Lua reports and the event that triggered them; the next
+//! handlers still run.
+//!
+//! `tm.start/stop/restart` queue the same requests as the commands without
+//! waiting for them to settle (a hook stopping its own service cannot
+//! deadlock); `tm.status()` asks the actor and waits for the answer, which
+//! the actor gives without ever waiting on hooks; `tm.exec` runs
+//! `/bin/sh -c` without waiting, logging its output line by line.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
+
+use crate::config::lua::{arm_deadline, error_text, HookState, HANDLERS_KEY, MODULE_KEY};
+use crate::process;
+use crate::protocol::Event;
+use crate::supervisor::{Control, Handle};
+
+/// Pending events kept before the oldest are dropped.
+pub const QUEUE_CAP: usize = 4096;
+/// Default budget of one handler call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Memory the hook state may grow by beyond what the config itself used.
+pub const MEMORY_HEADROOM: usize = 64 * 1024 * 1024;
+
+enum Msg {
+    Event(Event),
+    Replace(Option<HookState>),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Msg>,
+    /// Events dropped since the host last reported it.
+    dropped: u64,
+    closed: bool,
+}
+
+/// The producer side, shared by the actor and the reloader.
+#[derive(Clone, Default)]
+pub struct HookQueue {
+    inner: Arc<(Mutex<Queue>, Condvar)>,
+    /// Whether the current config has any handler (skip queueing otherwise).
+    active: Arc<AtomicBool>,
+}
+
+impl HookQueue {
+    /// Queues an event for the hooks, dropping the oldest pending event when full.
+    pub fn push_event(&self, event: &Event) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
+        self.push(Msg::Event(event.clone()));
+    }
+
+    /// Swaps in the hooks of a newly applied config (None: no hooks).
+    pub fn replace(&self, hooks: Option<HookState>) {
+        self.active
+            .store(hooks.as_ref().is_some_and(has_handlers), Ordering::Relaxed);
+        self.push(Msg::Replace(hooks));
+    }
+
+    /// Stops the host thread once the queue is drained.
+    pub fn close(&self) {
+        let (lock, cv) = &*self.inner;
+        if let Ok(mut q) = lock.lock() {
+            q.closed = true;
+        }
+        cv.notify_all();
+    }
+
+    fn push(&self, msg: Msg) {
+        let (lock, cv) = &*self.inner;
+        let Ok(mut q) = lock.lock() else { return };
+        q.items.push_back(msg);
+        let events = q
+            .items
+            .iter()
+            .filter(|m| matches!(m, Msg::Event(_)))
+            .count();
+        if events > QUEUE_CAP {
+            if let Some(pos) = q.items.iter().position(|m| matches!(m, Msg::Event(_))) {
+                q.items.remove(pos);
+                q.dropped += 1;
+            }
+        }
+        drop(q);
+        cv.notify_one();
+    }
+
+    fn pop(&self) -> Option<(Msg, u64)> {
+        let (lock, cv) = &*self.inner;
+        let mut q = lock.lock().ok()?;
+        loop {
+            if let Some(msg) = q.items.pop_front() {
+                let dropped = std::mem::take(&mut q.dropped);
+                return Some((msg, dropped));
+            }
+            if q.closed {
+                return None;
+            }
+            q = cv.wait(q).ok()?;
+        }
+    }
+}
+
+fn has_handlers(h: &HookState) -> bool {
+    h.lua
+        .named_registry_value::<Table>(HANDLERS_KEY)
+        .map(|t| t.pairs::<LuaValue, LuaValue>().next().is_some())
+        .unwrap_or(false)
+}
+
+/// Starts the host thread with the initial config's hooks.
+pub fn start(queue: HookQueue, initial: Option<HookState>, handle: Handle) -> std::io::Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    queue.replace(initial);
+    let q = queue.clone();
+    std::thread::Builder::new()
+        .name("hooks".into())
+        .spawn(move || {
+            let mut host = Host {
+                state: None,
+                handle,
+                rt,
+            };
+            while let Some((msg, dropped)) = q.pop() {
+                if dropped > 0 {
+                    crate::log!("hooks: fell behind, dropped the {dropped} oldest pending events");
+                }
+                match msg {
+                    Msg::Replace(state) => host.adopt(state),
+                    Msg::Event(ev) => host.dispatch(&ev),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+struct Host {
+    /// The current config's Lua state, with its daemon-bound functions installed.
+    state: Option<Lua>,
+    /// For tm.start/stop/restart/status.
+    handle: Handle,
+    /// To run the fire-and-forget command tasks.
+    rt: tokio::runtime::Handle,
+}
+
+impl Host {
+    fn adopt(&mut self, state: Option<HookState>) {
+        self.state = None;
+        let Some(HookState { lua }) = state else {
+            return;
+        };
+        if let Err(e) = self.install(&lua) {
+            crate::log!("hooks: cannot set up the hook state: {}", error_text(&e));
+            return;
+        }
+        let limit = lua.used_memory() + MEMORY_HEADROOM;
+        if let Err(e) = lua.set_memory_limit(limit) {
+            crate::log!("hooks: cannot limit hook memory: {e}");
+        }
+        self.state = Some(lua);
+    }
+
+    fn install(&self, lua: &Lua) -> mlua::Result<()> {
+        let tm: Table = lua.named_registry_value(MODULE_KEY)?;
+        tm.set(
+            "exec",
+            lua.create_function(|_, cmd: String| Ok(process::exec_logged(&cmd).ok()))?,
+        )?;
+        for (name, action) in [
+            ("start", Control::Start),
+            ("stop", Control::Stop),
+            ("restart", Control::Restart),
+        ] {
+            let handle = self.handle.clone();
+            let rt = self.rt.clone();
+            let f = lua.create_function(move |_, target: String| {
+                let handle = handle.clone();
+                rt.spawn(async move {
+                    match handle.control(action, vec![target.clone()]).await {
+                        Err(e) => crate::log!("hooks: {name} {target}: {}", e.message),
+                        Ok(results) => {
+                            for r in results.iter().filter(|r| !r.ok) {
+                                crate::log!("hooks: {name} {}: {}", r.name, r.message);
+                            }
+                        }
+                    }
+                });
+                Ok(())
+            })?;
+            tm.set(name, f)?;
+        }
+        let handle = self.handle.clone();
+        let status = lua.create_function(move |lua, ()| {
+            let data = handle.status_blocking().map_err(mlua::Error::runtime)?;
+            lua.to_value_with(&data.instances, serde_options())
+        })?;
+        tm.set("status", status)?;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, event: &Event) {
+        let Some(lua) = &self.state else { return };
+        let (names, label) = match event {
+            Event::Transition(t) => (
+                vec![t.to.as_str(), "transition"],
+                format!("{} {} -> {}", t.name, t.from, t.to),
+            ),
+            Event::Reload(r) => (
+                vec!["reload"],
+                format!("reload ({})", if r.ok { "ok" } else { "failed" }),
+            ),
+        };
+        let arg = match lua.to_value_with(event, serde_options()) {
+            Ok(v) => v,
+            Err(e) => {
+                crate::log!("hooks: cannot pass event {label}: {e}");
+                return;
+            }
+        };
+        let Ok(handlers) = lua.named_registry_value::<Table>(HANDLERS_KEY) else {
+            return;
+        };
+        let timeout = budget(lua);
+        for name in names {
+            let Ok(list) = handlers.get::<Table>(name) else {
+                continue;
+            };
+            for f in list.sequence_values::<Function>().flatten() {
+                call_with_budget(lua, &f, &arg, timeout, name, &label);
+            }
+        }
+    }
+}
+
+fn serde_options() -> mlua::serde::SerializeOptions {
+    mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false)
+}
+
+/// `tm.hook_timeout`, in seconds, when a positive number; else the default.
+fn budget(lua: &Lua) -> Duration {
+    lua.named_registry_value::<Table>(MODULE_KEY)
+        .and_then(|tm| tm.get::<f64>("hook_timeout"))
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 86_400.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+fn call_with_budget(
+    lua: &Lua,
+    f: &Function,
+    arg: &LuaValue,
+    timeout: Duration,
+    name: &str,
+    label: &str,
+) {
+    let deadline = Arc::new(Mutex::new(Some(Instant::now() + timeout)));
+    arm_deadline(lua, deadline, "hook");
+    let result = f.call::<()>(arg.clone());
+    lua.remove_hook();
+    if let Err(e) = result {
+        crate::log!(
+            "hooks: handler for \"{name}\" failed on {label}: {}",
+            error_text(&e)
+        );
+    }
+}
