@@ -185,7 +185,10 @@ fn spawn_now(req: &SpawnRequest) -> Result<u32, String> {
     match command.spawn() {
         // The Child handle is dropped without waiting: reaping is done for
         // every child at once by `reap`.
-        Ok(child) => Ok(child.id()),
+        Ok(child) => {
+            tell_guard(b'+', child.id());
+            Ok(child.id())
+        }
         Err(e) => Err(spawn_error(&req.cmd, &e)),
     }
 }
@@ -238,6 +241,116 @@ pub fn reap() -> Vec<(u32, Exit)> {
         }
     }
     out
+}
+
+/// The group guard: a small process forked at start-up, before any thread
+/// exists, that outlives the daemon just long enough to SIGKILL every
+/// process group the daemon left behind.
+///
+/// `PR_SET_PDEATHSIG` only reaches the daemon's direct children; a grandchild
+/// (`sh -c 'worker & worker'`) would survive a SIGKILLed daemon. The daemon
+/// tells the guard, over a pipe, each group it creates and each group that
+/// has emptied; when the pipe reaches EOF (the daemon is gone, however it
+/// died) the guard kills the groups still listed and exits.
+struct Guard {
+    /// Write end of the pipe to the guard.
+    fd: std::os::fd::OwnedFd,
+}
+
+static GUARD: std::sync::OnceLock<Guard> = std::sync::OnceLock::new();
+
+/// Forks the group guard. Call once, first thing in `main`, while the
+/// process is still single-threaded.
+pub fn start_group_guard() -> io::Result<()> {
+    let (read, write) = nix::unistd::pipe().map_err(io::Error::from)?;
+    // SAFETY: called while single-threaded; the child only runs the simple
+    // loop below and exits.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            drop(write);
+            guard_loop(read);
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(read);
+            let fd = write;
+            // The daemon's children must not inherit the pipe.
+            let _ = nix::fcntl::fcntl(
+                &fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            let _ = GUARD.set(Guard { fd });
+            Ok(())
+        }
+    }
+}
+
+fn guard_loop(read: std::os::fd::OwnedFd) -> ! {
+    use std::io::Read;
+    // SAFETY: plain libc calls in a fresh single-threaded child.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"tm-group-guard".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // Ctrl-C in a terminal reaches the whole foreground group: the guard
+        // must outlive the daemon's graceful shutdown, not die before it.
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    let mut groups = std::collections::BTreeSet::new();
+    let mut pipe = File::from(read);
+    let mut buf = [0u8; 5 * 512];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                let whole = pending.len() / 5 * 5;
+                for rec in pending[..whole].chunks_exact(5) {
+                    let pgid = i32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
+                    if rec[0] == b'+' {
+                        groups.insert(pgid);
+                    } else {
+                        groups.remove(&pgid);
+                    }
+                }
+                pending.drain(..whole);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    for pgid in groups {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+    // SAFETY: leave without running the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(0) }
+}
+
+fn tell_guard(op: u8, pgid: u32) {
+    let Some(guard) = GUARD.get() else { return };
+    let mut rec = [op, 0, 0, 0, 0];
+    rec[1..].copy_from_slice(&(pgid as i32).to_le_bytes());
+    // One write of 5 bytes is atomic on a pipe; a failure means the guard is
+    // gone, which only loses the SIGKILL-cleanup safety net.
+    let _ = nix::unistd::write(&guard.fd, &rec);
+}
+
+/// Tells the guard a process group has no members left.
+pub fn forget_group(pgid: u32) {
+    tell_guard(b'-', pgid);
 }
 
 /// Makes orphaned descendants of our children ours, so they are reaped

@@ -30,6 +30,12 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    // Before any thread exists: the guard that kills our process groups
+    // should this process die without stopping them (SIGKILL, crash).
+    if let Err(e) = taskmaster::process::start_group_guard() {
+        eprintln!("taskmasterd: cannot start the process-group guard: {e}");
+        return ExitCode::from(1);
+    }
     if let Some(path) = &flags.log_file {
         if let Err(e) = taskmaster::log::set_file(path) {
             eprintln!("taskmasterd: cannot open log file {}: {e}", path.display());

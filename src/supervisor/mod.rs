@@ -368,12 +368,18 @@ impl Supervisor {
                 continue; // a tm.exec child or an orphaned grandchild
             };
             let group_alive = process::group_alive(pid);
+            if !group_alive {
+                process::forget_group(pid);
+            }
             let _ = self.apply(&key, Event::Exited { exit, group_alive }).await;
         }
         let draining: Vec<Key> = self.draining.iter().cloned().collect();
         for key in draining {
             let pgid = self.instances.get(&key).and_then(|i| i.proc.pgid);
             if pgid.is_none_or(|g| !process::group_alive(g)) {
+                if let Some(g) = pgid {
+                    process::forget_group(g);
+                }
                 let _ = self.apply(&key, Event::GroupGone).await;
             }
         }
@@ -388,10 +394,11 @@ impl Supervisor {
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
-            let group_alive = self.instances[&key]
-                .proc
-                .pgid
-                .is_some_and(process::group_alive);
+            let pgid = self.instances[&key].proc.pgid;
+            let group_alive = pgid.is_some_and(process::group_alive);
+            if let (Some(g), false) = (pgid, group_alive) {
+                process::forget_group(g);
+            }
             let _ = self.apply(&key, Event::Deadline { group_alive }).await;
         }
     }

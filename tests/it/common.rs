@@ -115,8 +115,11 @@ impl Daemon {
             .arg(&self.config)
             .arg("--port")
             .arg(self.port.to_string())
-            .arg("--log-file")
-            .arg(self.dir.join("daemon.log"))
+            .args(if extra.contains(&"--log-file") {
+                vec![]
+            } else {
+                vec!["--log-file".into(), self.dir.join("daemon.log").display().to_string()]
+            })
             .args(extra)
             .current_dir(&self.dir)
             .env_remove("TASKMASTER_TOKEN")

@@ -2,6 +2,7 @@
 
 mod common;
 mod engine;
+mod faults;
 mod hooks;
 mod reload;
 mod server;
