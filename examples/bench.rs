@@ -371,18 +371,15 @@ fn runs(opts: &Opts, full: usize, quick: usize) -> usize {
     }
 }
 
+/// `n` instances of `sleep 3600` (starttime 0), 100 per service.
 fn sleepers(n: usize) -> String {
-    format!("return {{ services = {{ s = {{ cmd = 'sleep 3600', numprocs = 100, starttime = 0, stoptime = 5 }} }} }}")
-        .replace("numprocs = 100", &format!("numprocs = {}", n.min(100)))
-        .replace(
-            "services = {",
-            &format!(
-                "services = {{ {}",
-                (1..n.div_ceil(100))
-                    .map(|i| format!("s{i} = {{ cmd = 'sleep 3600', numprocs = {}, starttime = 0 }},", (n - i * 100).min(100)))
-                    .collect::<String>()
-            ),
-        )
+    let services: String = (0..n.div_ceil(100))
+        .map(|i| {
+            let count = (n - i * 100).min(100);
+            format!("s{i} = {{ cmd = 'sleep 3600', numprocs = {count}, starttime = 0, stoptime = 5 }},")
+        })
+        .collect();
+    format!("return {{ services = {{ {services} }} }}")
 }
 
 fn w1_spawn(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
