@@ -376,7 +376,9 @@ fn sleepers(n: usize) -> String {
     let services: String = (0..n.div_ceil(100))
         .map(|i| {
             let count = (n - i * 100).min(100);
-            format!("s{i} = {{ cmd = 'sleep 3600', numprocs = {count}, starttime = 0, stoptime = 5 }},")
+            format!(
+                "s{i} = {{ cmd = 'sleep 3600', numprocs = {count}, starttime = 0, stoptime = 5 }},"
+            )
         })
         .collect();
     format!("return {{ services = {{ {services} }} }}")

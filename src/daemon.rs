@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigError};
 use crate::hooks::HookQueue;
-use crate::process::{self, Spawner};
+use crate::process;
 use crate::protocol::{DiffData, Event, ReloadEvent};
 use crate::server;
 use crate::supervisor::Supervisor;
@@ -74,8 +74,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         opts.config.display()
     );
 
-    let spawner = Spawner::start()
-        .map_err(|e| DaemonError::Io(format!("cannot start the spawner thread: {e}")))?;
     process::become_subreaper();
     let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
@@ -83,7 +81,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
     let hooks = HookQueue::default();
-    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), spawner, hooks.clone());
+    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), hooks.clone());
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
     let actor = tokio::spawn(sup.run(rx));

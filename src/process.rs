@@ -1,13 +1,20 @@
 //! The only module that spawns, signals or reaps processes.
 //!
-//! Spawning happens on one long-lived thread ([`Spawner`]) because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not
-//! the process: a child forked from a short-lived runtime worker would be
-//! killed when that worker retires. Each child gets its own process group
-//! (so a stop reaches `sh -c` grandchildren), its umask set after the fork
-//! (the daemon's own umask is never touched), stdout/stderr opened append-only
-//! and handed over as its fds (the daemon never copies output bytes), and
-//! SIGKILL as its parent-death signal.
+//! Spawning uses std's `Command`, which takes the `posix_spawn` (vfork)
+//! path when nothing has to run between fork and exec: the parent is
+//! suspended only until the child has exec'd, with no page-table copy, so a
+//! spawn costs about what a shell's does. Each child gets its own process
+//! group (so a stop reaches `sh -c` grandchildren), stdout/stderr opened
+//! append-only and handed over as its fds (the daemon never copies output
+//! bytes), and the daemon's environment plus the service's. Only a service
+//! with a `umask` takes the fork path, to set it in the child (the daemon's
+//! own umask is never touched).
+//!
+//! Children must not outlive the daemon, even a SIGKILLed one. The group
+//! guard (a small process forked before any thread exists) learns every
+//! process group over a pipe and kills those left when the pipe closes; it
+//! covers grandchildren, which `PR_SET_PDEATHSIG` (a per-child, per-thread
+//! signal) never could. See [`start_group_guard`].
 //!
 //! A plain command (no shell syntax) is exec'd directly, split on whitespace,
 //! so the pid, the signals received and the exit code are the program's own,
@@ -24,13 +31,11 @@ use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::sync::oneshot;
 
 use crate::supervisor::state::Exit;
 
@@ -49,40 +54,6 @@ pub struct SpawnRequest {
     pub stdout: Option<PathBuf>,
     /// stderr file, or discarded.
     pub stderr: Option<PathBuf>,
-}
-
-type Job = (SpawnRequest, oneshot::Sender<Result<u32, String>>);
-
-/// Handle to the spawning thread.
-#[derive(Clone)]
-pub struct Spawner {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Spawner {
-    /// Starts the spawning thread; it lives as long as the process.
-    pub fn start() -> io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("spawner".into())
-            .spawn(move || {
-                // Never returns while a Spawner handle exists; when the daemon
-                // exits, the thread dies with it and PDEATHSIG fires.
-                for (req, reply) in rx {
-                    let _ = reply.send(spawn_now(&req));
-                }
-            })?;
-        Ok(Spawner { jobs: tx })
-    }
-
-    /// Spawns a process; returns its pid or why it could not start.
-    pub async fn spawn(&self, req: SpawnRequest) -> Result<u32, String> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send((req, tx))
-            .map_err(|_| "spawner thread is gone".to_string())?;
-        rx.await.map_err(|_| "spawner thread is gone".to_string())?
-    }
 }
 
 /// Characters that need a shell.
@@ -128,7 +99,9 @@ fn open_output(path: &Option<PathBuf>, which: &str) -> Result<Stdio, String> {
     Ok(file.into())
 }
 
-fn spawn_now(req: &SpawnRequest) -> Result<u32, String> {
+/// Spawns one instance; returns its pid (= its process group) or why it
+/// could not start.
+pub fn spawn(req: &SpawnRequest) -> Result<u32, String> {
     let mut command = match plain_argv(&req.cmd) {
         Some(argv) => {
             let mut c = Command::new(argv[0]);
@@ -156,31 +129,14 @@ fn spawn_now(req: &SpawnRequest) -> Result<u32, String> {
         .stdout(open_output(&req.stdout, "stdout")?)
         .stderr(open_output(&req.stderr, "stderr")?)
         .process_group(0);
-    let umask = req.umask;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (umask, prctl, getppid, _exit)
-    // run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if let Some(mask) = umask {
+    if let Some(mask) = req.umask {
+        // SAFETY: umask(2) is async-signal-safe; it runs in the forked child only.
+        unsafe {
+            command.pre_exec(move || {
                 libc::umask(mask as libc::mode_t);
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The daemon died between fork and prctl: do not outlive it.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     match command.spawn() {
         // The Child handle is dropped without waiting: reaping is done for
@@ -351,6 +307,29 @@ fn tell_guard(op: u8, pgid: u32) {
 /// Tells the guard a process group has no members left.
 pub fn forget_group(pgid: u32) {
     tell_guard(b'-', pgid);
+}
+
+/// Marks every inherited descriptor above stderr close-on-exec, so children
+/// get only their stdin, stdout and stderr (not, say, a pipe the shell that
+/// started the daemon left open). Descriptors the daemon opens itself are
+/// close-on-exec already.
+pub fn close_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // SAFETY: fcntl on a descriptor number; a stale one just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 /// Makes orphaned descendants of our children ours, so they are reaped

@@ -227,6 +227,9 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut subscribed = false;
+    // The event forwarder holds a sender to the writer: it must end with the
+    // connection, or the writer (and the socket) would live on.
+    let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(frame) = source.next().await {
         let text = match frame {
             Ok(Message::Text(t)) => t,
@@ -280,7 +283,7 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 if out.send(Message::text(reply.encode())).await.is_err() {
                     break;
                 }
-                tokio::spawn(forward_events(events, out.clone(), peer));
+                forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
                 continue;
             };
             if out.send(Message::text(reply.encode())).await.is_err() {
@@ -300,6 +303,9 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
             let _ = out.send(Message::text(reply.encode())).await;
             drop(permit);
         });
+    }
+    if let Some(f) = forwarder {
+        f.abort();
     }
     drop(out);
     let _ = writer.await;

@@ -30,6 +30,7 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    taskmaster::process::close_inherited_fds();
     // Before any thread exists: the guard that kills our process groups
     // should this process die without stopping them (SIGKILL, crash).
     if let Err(e) = taskmaster::process::start_group_guard() {

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::config::lua::HookState;
 use crate::config::{Config, Service};
 use crate::hooks::HookQueue;
-use crate::process::{self, SpawnRequest, Spawner};
+use crate::process::{self, SpawnRequest};
 use crate::protocol::{
     ActionResult, ConfigInfo, DiffData, Event as WireEvent, InstanceInfo, StatusData,
     TransitionEvent,
@@ -235,8 +235,6 @@ pub struct Supervisor {
     draining: BTreeSet<Key>,
     /// Pending `start`/`stop`/`restart` requests.
     waiters: Vec<Waiter>,
-    /// Forks and execs.
-    spawner: Spawner,
     /// The config path, load time and last error.
     config_info: ConfigInfo,
     /// Subscribers.
@@ -259,7 +257,6 @@ impl Supervisor {
     pub fn new(
         config: Config,
         path: PathBuf,
-        spawner: Spawner,
         hooks: HookQueue,
     ) -> (Supervisor, Handle, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(256);
@@ -270,7 +267,6 @@ impl Supervisor {
             pids: HashMap::new(),
             draining: BTreeSet::new(),
             waiters: Vec::new(),
-            spawner,
             config_info: ConfigInfo {
                 path: path.display().to_string(),
                 loaded_at: unix_now(),
@@ -771,7 +767,7 @@ impl Supervisor {
                     stderr: spec.stderr.clone(),
                 };
                 let name = inst.name.clone();
-                match self.spawner.spawn(req).await {
+                match process::spawn(&req) {
                     Ok(pid) => {
                         crate::log!("spawned: '{name}' with pid {pid}");
                         Some(Event::Spawned { pid })

@@ -118,7 +118,10 @@ impl Daemon {
             .args(if extra.contains(&"--log-file") {
                 vec![]
             } else {
-                vec!["--log-file".into(), self.dir.join("daemon.log").display().to_string()]
+                vec![
+                    "--log-file".into(),
+                    self.dir.join("daemon.log").display().to_string(),
+                ]
             })
             .args(extra)
             .current_dir(&self.dir)

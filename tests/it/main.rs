@@ -1,5 +1,6 @@
 //! One integration test binary (fast to link) with a module per area.
 
+mod cli;
 mod common;
 mod engine;
 mod faults;

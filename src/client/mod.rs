@@ -1,0 +1,318 @@
+//! `taskmasterctl`, the client (SPEC §8): runs one command and exits, or,
+//! without a command, opens a REPL.
+//!
+//! The flow of a one-shot command is: parse the words ([`command`]) — a usage
+//! error stops here, before any network — then open a session
+//! ([`connection`]), send one request, render the reply ([`render`]) and exit
+//! with the status it implies ([`Exit`]). The REPL ([`repl`]) runs the same
+//! `execute` step per line, keeping its session between lines and
+//! reopening it when the daemon went away.
+//!
+//! Everything runs on a current-thread tokio runtime built on demand: a
+//! one-shot `status` is a process start, one connect, one round trip, so there
+//! is nothing worth a thread pool.
+
+pub mod command;
+pub mod connection;
+pub mod render;
+pub mod repl;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use command::Command;
+use connection::{Session, SessionError, Target};
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The daemon's WebSocket URL (`ws://127.0.0.1:3333`).
+    pub url: String,
+    /// Bearer token for the handshake, if the daemon requires one.
+    pub token: Option<String>,
+    /// Print replies' `data` (and events) as JSON, one object per line.
+    pub json: bool,
+    /// The command and its arguments; empty opens the REPL.
+    pub command: Vec<String>,
+}
+
+/// How `taskmasterctl` exits (SPEC §8, §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: success.
+    Ok,
+    /// 1: the daemon replied with an error, or an action failed for an instance.
+    DaemonError,
+    /// 2: the command line was wrong; the daemon was not contacted.
+    Usage,
+    /// 3: `status` listed an instance that is not RUNNING.
+    NotRunning,
+    /// 4: no session could be established (refused, 401, 403, lost).
+    Unreachable,
+}
+
+impl Exit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::DaemonError => 1,
+            Exit::Usage => 2,
+            Exit::NotRunning => 3,
+            Exit::Unreachable => 4,
+        }
+    }
+
+    /// The exit status a session failure implies.
+    fn of(error: &SessionError) -> Exit {
+        match error {
+            SessionError::BadUrl { .. } => Exit::Usage,
+            SessionError::Unreachable { .. }
+            | SessionError::Refused { .. }
+            | SessionError::Lost { .. } => Exit::Unreachable,
+            SessionError::BadReply { .. } => Exit::DaemonError,
+        }
+    }
+}
+
+/// Runs `taskmasterctl` as `options` ask; the caller exits with the result.
+pub fn run(options: Options) -> Exit {
+    if options.command.is_empty() {
+        return repl::run(&options);
+    }
+    let command = match Command::parse(&options.command) {
+        Ok(command) => command,
+        Err(usage) => {
+            eprintln!("taskmasterctl: {usage}");
+            return Exit::Usage;
+        }
+    };
+    match &command {
+        Command::Help(topic) => {
+            print_out(&command::help(topic.as_deref()));
+            return Exit::Ok;
+        }
+        // Nothing to leave outside the REPL.
+        Command::Quit => return Exit::Ok,
+        _ => {}
+    }
+    let target = match Target::new(&options.url, options.token.as_deref()) {
+        Ok(target) => target,
+        Err(error) => return report(&error),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("taskmasterctl: cannot start the async runtime: {error}");
+            return Exit::DaemonError;
+        }
+    };
+    runtime.block_on(async {
+        let mut session = match Session::connect(&target).await {
+            Ok(session) => session,
+            Err(error) => return report(&error),
+        };
+        let exit = match execute(&mut session, &command, options.json, interrupted()).await {
+            Ok(exit) => exit,
+            Err(error) => return report(&error),
+        };
+        session.close().await;
+        exit
+    })
+}
+
+/// The runtime every async step runs on: one thread, IO and timers.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
+/// Runs one command that needs the daemon on an open session, printing its
+/// outcome. `interrupt` ends `events` (Ctrl-C); other commands ignore it.
+async fn execute(
+    session: &mut Session,
+    command: &Command,
+    json: bool,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Exit, SessionError> {
+    let Some((cmd, args)) = command.wire() else {
+        return match command {
+            Command::Events => follow_events(session, json, interrupt).await,
+            _ => Ok(Exit::Ok),
+        };
+    };
+    let reply = session.request(cmd, args).await?;
+    let rendered = render::reply(command, &reply, json);
+    print_out(&rendered.stdout);
+    print_err(&rendered.stderr);
+    Ok(rendered.exit)
+}
+
+/// `events`: subscribe, then print each event until `interrupt`, the end of
+/// the stream, or a closed stdout (`taskmasterctl events | head`).
+async fn follow_events(
+    session: &mut Session,
+    json: bool,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Exit, SessionError> {
+    let reply = session.request("subscribe", &[]).await?;
+    if !reply.ok {
+        let rendered = render::reply(&Command::Events, &reply, json);
+        print_err(&rendered.stderr);
+        return Ok(rendered.exit);
+    }
+    tokio::pin!(interrupt);
+    loop {
+        let event = tokio::select! {
+            _ = &mut interrupt => return Ok(Exit::Ok),
+            event = session.next_event() => event?,
+        };
+        let Some(event) = event else {
+            eprintln!("taskmasterd closed the connection");
+            return Ok(Exit::Ok);
+        };
+        let line = if json {
+            event.to_string()
+        } else {
+            render::event_line(&event, SystemTime::now())
+        };
+        let mut stdout = std::io::stdout().lock();
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return Ok(Exit::Ok);
+        }
+    }
+}
+
+/// Resolves on Ctrl-C; never, if the handler cannot be installed.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Prints a session failure and returns the exit status it implies.
+fn report(error: &SessionError) -> Exit {
+    eprintln!("taskmasterctl: {error}");
+    Exit::of(error)
+}
+
+/// Writes to stdout, ignoring a closed pipe (`taskmasterctl status | head -1`).
+fn print_out(text: &str) {
+    if !text.is_empty() {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+    }
+}
+
+/// Writes to stderr, ignoring failures.
+fn print_err(text: &str) {
+    if !text.is_empty() {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(words: &[&str]) -> Options {
+        Options {
+            // Nothing listens on port 9: a test that reached the network
+            // would exit 4, not 2.
+            url: "ws://127.0.0.1:9".into(),
+            token: None,
+            json: false,
+            command: words.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_numbers() {
+        let codes: Vec<u8> = [
+            Exit::Ok,
+            Exit::DaemonError,
+            Exit::Usage,
+            Exit::NotRunning,
+            Exit::Unreachable,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn usage_errors_exit_2_without_contacting_the_daemon() {
+        for words in [
+            &["nosuch"][..],
+            &["start"],
+            &["stop"],
+            &["restart"],
+            &["reload", "x"],
+            &["help", "nosuch"],
+        ] {
+            assert_eq!(run(options(words)), Exit::Usage, "{words:?}");
+        }
+        let mut bad_url = options(&["status"]);
+        bad_url.url = "http://127.0.0.1:9".into();
+        assert_eq!(run(bad_url), Exit::Usage);
+    }
+
+    #[test]
+    fn help_needs_no_daemon() {
+        assert_eq!(run(options(&["help"])), Exit::Ok);
+        assert_eq!(run(options(&["help", "status"])), Exit::Ok);
+    }
+
+    #[test]
+    fn an_unreachable_daemon_exits_4() {
+        assert_eq!(run(options(&["status"])), Exit::Unreachable);
+    }
+
+    #[test]
+    fn session_failures_map_to_exit_codes() {
+        let url = String::from("ws://x");
+        let cases = [
+            (
+                SessionError::BadUrl {
+                    url: url.clone(),
+                    reason: String::new(),
+                },
+                Exit::Usage,
+            ),
+            (
+                SessionError::Refused {
+                    url: url.clone(),
+                    reason: String::new(),
+                    hint: String::new(),
+                },
+                Exit::Unreachable,
+            ),
+            (
+                SessionError::Lost {
+                    url: url.clone(),
+                    reason: String::new(),
+                },
+                Exit::Unreachable,
+            ),
+            (
+                SessionError::BadReply {
+                    url,
+                    reason: String::new(),
+                },
+                Exit::DaemonError,
+            ),
+        ];
+        for (error, exit) in cases {
+            assert_eq!(Exit::of(&error), exit, "{error}");
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The interactive shell: `taskmasterctl` without a command (SPEC §8).
+//!
+//! A rustyline editor reads lines at the `taskmaster> ` prompt; each line is
+//! parsed like a command line and run through the same `execute`
+//! step as a one-shot command, so output and errors read the same. The shell
+//! keeps one session and checks it before each command: when the daemon went
+//! away (restart, shutdown) the dead session is dropped and a new one opened,
+//! and when none can be opened the message is printed and the shell waits
+//! for the next line. Tab completion offers command names and the service and
+//! instance names of the last `status`, refreshed after every command.
+//! History is kept in `$XDG_STATE_HOME/taskmaster/history`, appended after
+//! each line so that a killed shell loses nothing.
+//!
+//! Ctrl-C at the prompt clears the line (rustyline reads it as a key); during
+//! a command it abandons the wait and drops the session, so a late reply
+//! cannot be mistaken for the next one's.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
+use serde_json::Value;
+
+use super::command::{self, Command, COMMANDS};
+use super::connection::{Session, SessionError, Target};
+use super::{execute, interrupted, print_out, report, runtime, Exit, Options};
+
+/// The prompt, exactly as SPEC §9 fixes it.
+pub const PROMPT: &str = "taskmaster> ";
+
+/// How many lines the history file keeps.
+const HISTORY_SIZE: usize = 1000;
+
+/// Commands whose arguments are service or instance names.
+const TAKES_NAMES: &[&str] = &["status", "start", "stop", "restart"];
+
+/// Runs the shell until `quit` or end of input.
+pub fn run(options: &Options) -> Exit {
+    let target = match Target::new(&options.url, options.token.as_deref()) {
+        Ok(target) => target,
+        Err(error) => return report(&error),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("taskmasterctl: cannot start the async runtime: {error}");
+            return Exit::DaemonError;
+        }
+    };
+    let mut editor = match new_editor() {
+        Ok(editor) => editor,
+        Err(error) => {
+            eprintln!("taskmasterctl: cannot set up line editing: {error}");
+            return Exit::DaemonError;
+        }
+    };
+    let history = history_path(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+        .and_then(|path| open_history(&mut editor, path));
+
+    let mut shell = Shell {
+        target,
+        session: None,
+        json: options.json,
+    };
+    match runtime.block_on(shell.names()) {
+        Ok(names) => set_names(&mut editor, names),
+        Err(error) => {
+            report(&error);
+        }
+    }
+    // Without a terminal rustyline reads plain lines and shows no prompt
+    // (unless TERM names a dumb terminal, where it prints one itself); show
+    // it anyway, as supervisorctl does, so a driven session reads the same.
+    let echo_prompt = !std::io::stdin().is_terminal() && !dumb_terminal();
+
+    loop {
+        if echo_prompt {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(PROMPT.as_bytes())
+                .and_then(|()| stdout.flush());
+        }
+        let line = match editor.readline(PROMPT) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => {
+                if echo_prompt {
+                    print_out("\n");
+                }
+                break;
+            }
+            Err(error) => {
+                eprintln!("taskmasterctl: cannot read input: {error}");
+                runtime.block_on(shell.close());
+                return Exit::DaemonError;
+            }
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() {
+            continue;
+        }
+        if let Some(path) = &history {
+            let _ = editor.add_history_entry(line.trim());
+            if let Err(error) = editor.append_history(path) {
+                eprintln!(
+                    "taskmasterctl: cannot save history to {}: {error}",
+                    path.display()
+                );
+            }
+        }
+        let command = match Command::parse(&words) {
+            Ok(command) => command,
+            Err(usage) => {
+                eprintln!("{usage}");
+                continue;
+            }
+        };
+        match &command {
+            Command::Quit => break,
+            Command::Help(topic) => {
+                print_out(&command::help(topic.as_deref()));
+                continue;
+            }
+            _ => {}
+        }
+        runtime.block_on(shell.run(&command));
+        if let Ok(names) = runtime.block_on(shell.names()) {
+            set_names(&mut editor, names);
+        }
+    }
+    runtime.block_on(shell.close());
+    Exit::Ok
+}
+
+/// The shell's link to the daemon.
+struct Shell {
+    /// Where the daemon is.
+    target: Target,
+    /// The open session, if any; replaced when found dead.
+    session: Option<Session>,
+    /// Print JSON instead of text.
+    json: bool,
+}
+
+/// How a command run from the shell ended.
+enum Outcome {
+    /// It ran to its end (successfully or not).
+    Done(Result<Exit, SessionError>),
+    /// The user pressed Ctrl-C while waiting.
+    Interrupted,
+}
+
+impl Shell {
+    /// A live session: the current one if it still answers, else a new one.
+    async fn session(&mut self) -> Result<&mut Session, SessionError> {
+        let mut current = self.session.take();
+        if let Some(session) = &mut current {
+            if !session.is_alive().await {
+                current = None;
+            }
+        }
+        let session = match current {
+            Some(session) => session,
+            None => Session::connect(&self.target).await?,
+        };
+        Ok(self.session.insert(session))
+    }
+
+    /// Runs one daemon command and prints its outcome; the shell goes on
+    /// whatever happens.
+    async fn run(&mut self, command: &Command) {
+        let json = self.json;
+        let outcome = tokio::select! {
+            biased;
+            result = async {
+                let session = self.session().await?;
+                // Ctrl-C is watched here, around every command, so `events`
+                // needs no interrupt of its own.
+                execute(session, command, json, std::future::pending()).await
+            } => Outcome::Done(result),
+            () = interrupted() => Outcome::Interrupted,
+        };
+        match outcome {
+            Outcome::Done(Ok(_)) => {}
+            Outcome::Done(Err(error)) => {
+                report(&error);
+                self.session = None;
+            }
+            Outcome::Interrupted => {
+                if *command != Command::Events {
+                    eprintln!("interrupted; the daemon may still carry the command out");
+                }
+                self.session = None;
+            }
+        }
+        if *command == Command::Events {
+            // A subscribed session would keep receiving events nobody reads.
+            self.close().await;
+        }
+    }
+
+    /// The names to complete, from a fresh `status`.
+    async fn names(&mut self) -> Result<Vec<String>, SessionError> {
+        let result = match self.session().await {
+            Ok(session) => session.request("status", &[]).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(reply) => Ok(reply.data.as_ref().map(names_from).unwrap_or_default()),
+            Err(error) => {
+                self.session = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Closes the session, if one is open.
+    async fn close(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
+    }
+}
+
+fn new_editor() -> rustyline::Result<Editor<Completion, DefaultHistory>> {
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .history_ignore_space(true)
+        .history_ignore_dups(true)?
+        .max_history_size(HISTORY_SIZE)?
+        .build();
+    let mut editor = Editor::with_config(config)?;
+    editor.set_helper(Some(Completion::default()));
+    Ok(editor)
+}
+
+fn set_names(editor: &mut Editor<Completion, DefaultHistory>, names: Vec<String>) {
+    if let Some(helper) = editor.helper_mut() {
+        helper.names = names;
+    }
+}
+
+/// Where the history lives: `$XDG_STATE_HOME/taskmaster/history`, or
+/// `~/.local/state/taskmaster/history` when that is unset or relative (as
+/// the XDG spec says to treat it).
+fn history_path(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let base = match xdg_state_home.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".local/state"),
+    };
+    Some(base.join("taskmaster").join("history"))
+}
+
+/// Creates the history folder and loads past lines; `None` (with a warning)
+/// when the history cannot be kept.
+fn open_history(editor: &mut Editor<Completion, DefaultHistory>, path: PathBuf) -> Option<PathBuf> {
+    if let Some(dir) = path.parent() {
+        if let Err(error) = std::fs::create_dir_all(dir) {
+            eprintln!(
+                "taskmasterctl: history disabled, cannot create {}: {error}",
+                dir.display()
+            );
+            return None;
+        }
+    }
+    if path.exists() {
+        if let Err(error) = editor.load_history(&path) {
+            eprintln!(
+                "taskmasterctl: cannot read history from {}: {error}",
+                path.display()
+            );
+        }
+    }
+    Some(path)
+}
+
+/// Whether rustyline treats the terminal as unable to edit lines (and so
+/// prints the prompt itself even without a tty).
+fn dumb_terminal() -> bool {
+    std::env::var("TERM").is_ok_and(|term| {
+        ["dumb", "cons25", "emacs"]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&term))
+    })
+}
+
+/// Completion candidates from a `status` reply's `data`: `all`, then each
+/// service followed by its instances.
+fn names_from(data: &Value) -> Vec<String> {
+    let mut names = vec!["all".to_string()];
+    let instances = data
+        .get("instances")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for instance in instances {
+        let service = instance.get("service").and_then(Value::as_str);
+        if let Some(service) = service {
+            if !names.iter().any(|n| n == service) {
+                names.push(service.to_string());
+            }
+        }
+        if let Some(name) = instance.get("name").and_then(Value::as_str) {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// The rustyline helper: completes commands and names.
+#[derive(Default)]
+struct Completion {
+    /// `all`, services and instances, from the last `status`.
+    names: Vec<String>,
+}
+
+impl Completer for Completion {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        Ok(complete(line, pos, &self.names))
+    }
+}
+
+impl Hinter for Completion {
+    type Hint = String;
+}
+
+impl Highlighter for Completion {}
+
+impl Validator for Completion {}
+
+impl Helper for Completion {}
+
+/// Candidates for the word under the cursor: a command name first, then
+/// names for the commands that take them, a command name after `help`.
+/// Each replacement ends with a space, so a unique match is ready for the
+/// next word.
+fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<Pair>) {
+    let before = line.get(..pos).unwrap_or(line);
+    let start = before
+        .rfind(|c: char| c.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let word = &before[start..];
+    let previous: Vec<&str> = before[..start].split_whitespace().collect();
+    let commands = || COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>();
+    let pool: Vec<&str> = match previous.as_slice() {
+        [] => commands(),
+        ["help"] => commands(),
+        [first, typed @ ..] if TAKES_NAMES.contains(first) => names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !typed.contains(n))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let candidates = pool
+        .into_iter()
+        .filter(|c| c.starts_with(word))
+        .map(|c| Pair {
+            display: c.to_string(),
+            replacement: format!("{c} "),
+        })
+        .collect();
+    (start, candidates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names() -> Vec<String> {
+        names_from(&json!({"instances": [
+            {"name": "web:0", "service": "web"},
+            {"name": "web:1", "service": "web"},
+            {"name": "worker:0", "service": "worker"},
+        ]}))
+    }
+
+    fn shown(line: &str) -> (usize, Vec<String>) {
+        let (start, pairs) = complete(line, line.len(), &names());
+        (start, pairs.into_iter().map(|p| p.display).collect())
+    }
+
+    #[test]
+    fn names_come_from_status_services_first() {
+        assert_eq!(
+            names(),
+            ["all", "web", "web:0", "web:1", "worker", "worker:0"]
+        );
+        assert_eq!(names_from(&json!({})), ["all"]);
+    }
+
+    #[test]
+    fn completes_command_names() {
+        assert_eq!(
+            shown("st"),
+            (0, vec!["status".into(), "start".into(), "stop".into()])
+        );
+        assert_eq!(shown("  re"), (2, vec!["restart".into(), "reload".into()]));
+        assert_eq!(shown("help sh"), (5, vec!["shutdown".into()]));
+        assert_eq!(shown("").1.len(), COMMANDS.len());
+        let (_, pairs) = complete("vers", 4, &[]);
+        assert_eq!(pairs[0].replacement, "version ");
+    }
+
+    #[test]
+    fn completes_services_instances_and_all() {
+        assert_eq!(
+            shown("start w"),
+            (
+                6,
+                vec![
+                    "web".into(),
+                    "web:0".into(),
+                    "web:1".into(),
+                    "worker".into(),
+                    "worker:0".into()
+                ]
+            )
+        );
+        assert_eq!(
+            shown("stop web:"),
+            (5, vec!["web:0".into(), "web:1".into()])
+        );
+        assert_eq!(shown("restart a"), (8, vec!["all".into()]));
+        assert_eq!(shown("status web:0 web:").1, vec!["web:1".to_string()]);
+        assert!(shown("reload w").1.is_empty());
+        assert!(shown("version ").1.is_empty());
+    }
+
+    #[test]
+    fn completes_at_the_cursor_not_the_end() {
+        let (start, pairs) = complete("stop we web:0", 7, &names());
+        assert_eq!(start, 5);
+        assert_eq!(pairs.len(), 3);
+    }
+
+    #[test]
+    fn history_follows_xdg_state_home() {
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            history_path(os("/state"), os("/home/u")),
+            Some(PathBuf::from("/state/taskmaster/history"))
+        );
+        assert_eq!(
+            history_path(None, os("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/taskmaster/history"))
+        );
+        assert_eq!(
+            history_path(os("relative"), os("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/taskmaster/history"))
+        );
+        assert_eq!(history_path(os(""), None), None);
+    }
+}

@@ -1,0 +1,275 @@
+//! `taskmasterctl` against a real daemon (SPEC §8): one-shot output, every
+//! exit code, `--json`, `events`, and the REPL through a pseudo-terminal.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const CFG: &str = r#"return { services = {
+    web = { cmd = "sleep 1000", numprocs = 2, starttime = 0 },
+    bad = { cmd = "sh -c 'exit 1'", startretries = 0, starttime = 1 },
+    idle = { cmd = "sleep 1000", autostart = false, starttime = 0 },
+} }"#;
+
+fn ctl(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(ctl_bin())
+        .arg("--url")
+        .arg(d.url())
+        .args(args)
+        .env_remove("TASKMASTER_TOKEN")
+        .env_remove("TASKMASTER_URL")
+        .output()
+        .expect("run taskmasterctl")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn settled(tag: &str) -> Daemon {
+    let mut d = Daemon::start(tag, CFG);
+    d.wait_until("settled", secs(15), |s| {
+        s.iter().filter(|i| i["state"] == "RUNNING").count() == 2
+            && s.iter().any(|i| i["state"] == "FATAL")
+    });
+    d
+}
+
+#[test]
+fn status_is_supervisorctl_shaped_and_exit_codes_follow_the_spec() {
+    let d = settled("cli-status");
+    let o = ctl(&d, &["status"]);
+    assert_eq!(o.status.code(), Some(3), "an instance is not RUNNING");
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "no header: {text}");
+    assert!(
+        lines[0].starts_with("bad:0     FATAL     exited too quickly (exit status 1)"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("idle:0    STOPPED   Not started"),
+        "{text}"
+    );
+    for (line, n) in lines[2..].iter().zip(0..) {
+        assert!(
+            line.starts_with(&format!("web:{n}     RUNNING   pid ")),
+            "{line}"
+        );
+        assert!(line.contains(", uptime 0:00:"), "{line}");
+    }
+
+    let o = ctl(&d, &["status", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o).lines().count(), 2);
+
+    let o = ctl(&d, &["status", "NOSUCH"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("no such service or instance: NOSUCH"),
+        "{}",
+        err(&o)
+    );
+
+    let o = ctl(&d, &["--json", "status", "web:1"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(v["instances"][0]["name"], "web:1");
+    assert!(v["config"]["path"].is_string());
+
+    let o = ctl(&d, &["--json", "status", "idle"]);
+    assert_eq!(o.status.code(), Some(3), "--json keeps the exit code");
+}
+
+#[test]
+fn control_commands_print_per_instance_results() {
+    let d = settled("cli-control");
+    let o = ctl(&d, &["start", "idle"]);
+    assert_eq!(
+        (o.status.code(), out(&o)),
+        (Some(0), "idle:0: started\n".to_string())
+    );
+    let o = ctl(&d, &["start", "idle:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out(&o), "idle:0: ERROR (already started)\n");
+    let o = ctl(&d, &["stop", "web"]);
+    assert_eq!(
+        (o.status.code(), out(&o)),
+        (Some(0), "web:0: stopped\nweb:1: stopped\n".to_string())
+    );
+    let o = ctl(&d, &["restart", "web:0"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(out(&o), "web:0: started\n");
+    let o = ctl(&d, &["reload"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(out(&o).contains("unchanged: bad, idle, web"), "{}", out(&o));
+    let o = ctl(&d, &["--json", "version"]);
+    let v: Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn usage_errors_exit_2_without_a_daemon() {
+    let port = free_port(); // nobody listens: a usage error must not even try
+    for args in [
+        vec!["bogus"],
+        vec!["start"],
+        vec!["help", "nosuch"],
+        vec!["status", "--nope"],
+    ] {
+        let o = Command::new(ctl_bin())
+            .args(["--url", &format!("ws://127.0.0.1:{port}/")])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+    }
+    let o = Command::new(ctl_bin()).args(["help"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let text = out(&o);
+    for cmd in [
+        "status", "start", "stop", "restart", "reload", "shutdown", "version", "events", "help",
+        "quit",
+    ] {
+        assert!(text.contains(cmd), "help misses {cmd}: {text}");
+    }
+    let o = Command::new(ctl_bin())
+        .args(["help", "restart"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(out(&o).contains("restart NAME...|all"), "{}", out(&o));
+}
+
+#[test]
+fn unreachable_daemon_exits_4_and_says_how_to_start_it() {
+    let port = free_port();
+    let o = Command::new(ctl_bin())
+        .args(["--url", &format!("ws://127.0.0.1:{port}/"), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let e = err(&o);
+    assert!(
+        e.contains("taskmasterd") && e.contains("start it with"),
+        "{e}"
+    );
+
+    let d = Daemon::start_with("cli-token", "taskmaster.lua", CFG, &["--token", "tok"]);
+    let o = ctl(&d, &["status"]);
+    assert_eq!(o.status.code(), Some(4), "401 is unreachable: {}", err(&o));
+    let o = Command::new(ctl_bin())
+        .args(["--url", &d.url(), "--token", "tok", "version"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = Command::new(ctl_bin())
+        .args(["--url", &d.url(), "version"])
+        .env("TASKMASTER_TOKEN", "tok")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+}
+
+#[test]
+fn events_follow_the_stream() {
+    let d = settled("cli-events");
+    let mut child = Command::new(ctl_bin())
+        .args(["--url", &d.url(), "--json", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Subscribing takes a moment: keep poking until an event for idle arrives.
+    let deadline = Instant::now() + secs(15);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        ctl(&d, &["restart", "idle"]);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == "transition" && v["name"] == "idle:0" {
+                found = Some(v);
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = found.expect("an idle:0 transition event");
+    assert!(v.get("from").is_some() && v.get("to").is_some());
+}
+
+/// Reads from the pty master until `needle` shows up (bounded).
+fn expect(master: &mut fs::File, seen: &mut String, needle: &str) {
+    let deadline = Instant::now() + secs(15);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?} in {seen:?}"
+        );
+        match master.read(&mut buf) {
+            Ok(0) => panic!("pty closed before {needle:?}: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("pty read: {e}; seen {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn repl_through_a_pseudo_terminal_keeps_history() {
+    let d = settled("cli-repl");
+    let state = temp_dir("xdg-state");
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave: OwnedFd = pty.slave;
+    let mut master = fs::File::from(pty.master);
+    let mut child = Command::new(ctl_bin())
+        .args(["--url", &d.url()])
+        .env("XDG_STATE_HOME", &state)
+        .env("TERM", "dumb")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    expect(&mut master, &mut seen, "taskmaster> ");
+    master.write_all(b"status\r").unwrap();
+    expect(&mut master, &mut seen, "web:1");
+    expect(&mut master, &mut seen, "idle:0");
+    seen.clear();
+    master.write_all(b"help\r").unwrap();
+    expect(&mut master, &mut seen, "restart");
+    // Ctrl-C clears the line and the REPL goes on.
+    master.write_all(b"stat\x03").unwrap();
+    master.write_all(b"version\r").unwrap();
+    expect(&mut master, &mut seen, env!("CARGO_PKG_VERSION"));
+    master.write_all(b"quit\r").unwrap();
+    let status = wait_child(&mut child, secs(10)).expect("REPL exits on quit");
+    assert!(status.success(), "{status}");
+    let history = fs::read_to_string(state.join("taskmaster/history")).expect("history file");
+    for cmd in ["status", "help", "version"] {
+        assert!(
+            history.lines().any(|l| l == cmd),
+            "{cmd} not in history: {history:?}"
+        );
+    }
+}
