@@ -55,6 +55,13 @@ pub fn default_config_path() -> PathBuf {
 
 /// Loads the config, supervises until shutdown.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let host = opts.listen.trim_start_matches('[').trim_end_matches(']');
+    if host != "localhost" && host.parse::<std::net::IpAddr>().is_err() {
+        return Err(DaemonError::Io(format!(
+            "invalid listen address {:?}: expected an IP address such as 127.0.0.1 or ::1",
+            opts.listen
+        )));
+    }
     if opts.token.is_none() && !server::is_loopback(&opts.listen) {
         return Err(DaemonError::Io(format!(
             "refusing to listen on non-loopback address {} without a token (set --token or TASKMASTER_TOKEN)",

@@ -511,3 +511,37 @@ fn sighup_reloads() {
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     d.wait_state("extra:0", "RUNNING", secs(10));
 }
+
+#[test]
+fn bad_listen_address_fails_cleanly() {
+    let dir = temp_dir("badlisten");
+    let cfg = dir.join("taskmaster.lua");
+    fs::write(
+        &cfg,
+        "return { services = { m = { cmd = 'touch spawned' } } }",
+    )
+    .unwrap();
+    for addr in ["999.1.1.1", "not an address", "10.255.255.1"] {
+        let out = std::process::Command::new(daemon_bin())
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                addr,
+                "--token",
+                "t",
+                "--port",
+                &free_port().to_string(),
+            ])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{addr}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("invalid listen address") || err.contains("cannot listen on"),
+            "{addr}: {err}"
+        );
+    }
+    assert!(!dir.join("spawned").exists());
+}
