@@ -729,18 +729,26 @@ fn w5_output(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         limit.push(bytes as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64);
         let _ = fs::remove_file(&target);
     }
+    drop(d);
     let (o, l) = (stat(ours), stat(limit));
     let ratio = o.median / l.median;
+    let sd = match &opts.supervisord {
+        Some(sd) => supervisord::output(sd, &cmd, bytes, runs(opts, 3, 2))
+            .map_err(|e| eprintln!("bench: supervisord W5: {e}"))
+            .ok(),
+        None => None,
+    };
     Ok(vec![Row {
         id: "W5",
         what: format!("{} MiB to stdout → file", bytes >> 20),
         unit: "MiB/s",
         ours: Some(o),
         limit: Some(l),
-        supervisord: None,
+
         ratio: Some(ratio),
         target: "≥ 0.95× shell redirect".into(),
         pass: Some(ratio >= 0.95),
+        supervisord: sd,
     }])
 }
 
@@ -1089,6 +1097,39 @@ mod supervisord {
         }
         let ms = time_cmd(&mut sd.ctl(&["stop", "all"]))?;
         Ok(stat(vec![ms]))
+    }
+
+    pub fn output(bin: &Path, cmd: &str, bytes: u64, runs: usize) -> Res<Stat> {
+        let mut rates = Vec::new();
+        for r in 0..runs {
+            let dir = temp(&format!("sd-w5-out-{r}"));
+            let out = dir.join("out.bin");
+            let prog = format!(
+                "[program:out]\ncommand={cmd}\nstartsecs=0\nautorestart=false\nautostart=false\n\
+                 stdout_logfile={}\nstdout_logfile_maxbytes=0\n",
+                out.display()
+            );
+            let sd = Sd::start(bin, "w5", &prog)?;
+            let t = Instant::now();
+            time_cmd(&mut sd.ctl(&["start", "out"]))?;
+            loop {
+                let o = sd
+                    .ctl(&["status", "out"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if String::from_utf8_lossy(&o.stdout).contains("EXITED") {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(600) {
+                    return Err("never exited".into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            rates.push(bytes as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64);
+            drop(sd);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        Ok(stat(rates))
     }
 
     fn child_pid(parent: u32, comm: &str) -> Option<u32> {
