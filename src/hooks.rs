@@ -45,6 +45,8 @@ enum Msg {
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Msg>,
+    /// How many of `items` are events (config swaps are never dropped).
+    events: usize,
     /// Events dropped since the host last reported it.
     dropped: u64,
     closed: bool,
@@ -86,15 +88,14 @@ impl HookQueue {
     fn push(&self, msg: Msg) {
         let (lock, cv) = &*self.inner;
         let Ok(mut q) = lock.lock() else { return };
+        if matches!(msg, Msg::Event(_)) {
+            q.events += 1;
+        }
         q.items.push_back(msg);
-        let events = q
-            .items
-            .iter()
-            .filter(|m| matches!(m, Msg::Event(_)))
-            .count();
-        if events > QUEUE_CAP {
+        if q.events > QUEUE_CAP {
             if let Some(pos) = q.items.iter().position(|m| matches!(m, Msg::Event(_))) {
                 q.items.remove(pos);
+                q.events -= 1;
                 q.dropped += 1;
             }
         }
@@ -107,6 +108,9 @@ impl HookQueue {
         let mut q = lock.lock().ok()?;
         loop {
             if let Some(msg) = q.items.pop_front() {
+                if matches!(msg, Msg::Event(_)) {
+                    q.events -= 1;
+                }
                 let dropped = std::mem::take(&mut q.dropped);
                 return Some((msg, dropped));
             }
@@ -282,6 +286,55 @@ fn call_with_budget(
         crate::log!(
             "hooks: handler for \"{name}\" failed on {label}: {}",
             error_text(&e)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ReloadEvent;
+
+    fn ev(n: usize) -> Event {
+        Event::Reload(ReloadEvent {
+            ok: true,
+            error: Some(n.to_string()),
+            diff: None,
+        })
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_events_and_counts_them() {
+        let q = HookQueue::default();
+        q.active.store(true, Ordering::Relaxed);
+        for n in 0..QUEUE_CAP + 10 {
+            q.push_event(&ev(n));
+        }
+        let (first, dropped) = q.pop().unwrap();
+        assert_eq!(dropped, 10);
+        assert!(matches!(first, Msg::Event(e) if e == ev(10)));
+        let mut rest = 1;
+        q.close();
+        while let Some((_, d)) = q.pop() {
+            assert_eq!(d, 0);
+            rest += 1;
+        }
+        assert_eq!(rest, QUEUE_CAP);
+    }
+
+    #[test]
+    fn nothing_is_queued_without_handlers_and_swaps_are_never_dropped() {
+        let q = HookQueue::default();
+        q.push_event(&ev(0));
+        q.replace(None);
+        q.active.store(true, Ordering::Relaxed);
+        for n in 0..QUEUE_CAP + 5 {
+            q.push_event(&ev(n));
+        }
+        let (first, _) = q.pop().unwrap();
+        assert!(
+            matches!(first, Msg::Replace(None)),
+            "the swap survives a full queue"
         );
     }
 }
