@@ -931,7 +931,7 @@ mod supervisord {
             let sock = dir.join("s.sock");
             let conf = dir.join("supervisord.conf");
             let text = format!(
-                "[unix_http_server]\nfile={sock}\n[supervisord]\nlogfile={log}\npidfile={pid}\nnodaemon=true\nloglevel=warn\n\
+                "[unix_http_server]\nfile={sock}\n[supervisord]\nlogfile={log}\npidfile={pid}\nnodaemon=true\nloglevel=info\n\
                  [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
                  [supervisorctl]\nserverurl=unix://{sock}\n{programs}",
                 sock = sock.display(),

@@ -97,16 +97,9 @@ pub fn run(options: Options) -> Exit {
         Command::Quit => return Exit::Ok,
         _ => {}
     }
-    let target = match Target::new(&options.url, options.token.as_deref()) {
-        Ok(target) => target,
-        Err(error) => return report(&error),
-    };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("taskmasterctl: cannot start the async runtime: {error}");
-            return Exit::DaemonError;
-        }
+    let (target, runtime) = match prepare(&options) {
+        Ok(ready) => ready,
+        Err(exit) => return exit,
     };
     runtime.block_on(async {
         let mut session = match Session::connect(&target).await {
@@ -120,6 +113,17 @@ pub fn run(options: Options) -> Exit {
         session.close().await;
         exit
     })
+}
+
+/// The daemon's address and the runtime to reach it on, or the exit status
+/// (after saying why) when either cannot be had.
+fn prepare(options: &Options) -> Result<(Target, tokio::runtime::Runtime), Exit> {
+    let target = Target::new(&options.url, options.token.as_deref()).map_err(|e| report(&e))?;
+    let runtime = runtime().map_err(|error| {
+        eprintln!("taskmasterctl: cannot start the async runtime: {error}");
+        Exit::DaemonError
+    })?;
+    Ok((target, runtime))
 }
 
 /// The runtime every async step runs on: one thread, IO and timers.

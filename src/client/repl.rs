@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use super::command::{self, Command, COMMANDS};
 use super::connection::{Session, SessionError, Target};
-use super::{execute, interrupted, print_out, report, runtime, Exit, Options};
+use super::{execute, interrupted, prepare, print_out, report, Exit, Options};
 
 /// The prompt, exactly as SPEC §9 fixes it.
 pub const PROMPT: &str = "taskmaster> ";
@@ -43,16 +43,9 @@ const TAKES_NAMES: &[&str] = &["status", "start", "stop", "restart"];
 
 /// Runs the shell until `quit` or end of input.
 pub fn run(options: &Options) -> Exit {
-    let target = match Target::new(&options.url, options.token.as_deref()) {
-        Ok(target) => target,
-        Err(error) => return report(&error),
-    };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("taskmasterctl: cannot start the async runtime: {error}");
-            return Exit::DaemonError;
-        }
+    let (target, runtime) = match prepare(options) {
+        Ok(ready) => ready,
+        Err(exit) => return exit,
     };
     let mut editor = match new_editor() {
         Ok(editor) => editor,

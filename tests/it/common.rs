@@ -355,41 +355,87 @@ pub fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// Direct children of `pid` that are zombies.
-pub fn zombie_children(pid: u32) -> Vec<u32> {
+/// One process as /proc/PID/stat describes it.
+pub struct ProcStat {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    pub pgid: u32,
+}
+
+/// Every process on the machine.
+pub fn processes() -> Vec<ProcStat> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
         let Some(close) = stat.rfind(')') else {
             continue;
         };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.len() > 2 && fields[0] == "Z" && fields[1] == pid.to_string() {
-            out.push(entry.file_name().to_string_lossy().parse().unwrap_or(0));
-        }
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let (Some(state), Some(ppid), Some(pgid)) = (f.first(), f.get(1), f.get(2)) else {
+            continue;
+        };
+        out.push(ProcStat {
+            pid,
+            state: state.chars().next().unwrap_or('?'),
+            ppid: ppid.parse().unwrap_or(0),
+            pgid: pgid.parse().unwrap_or(0),
+        });
     }
     out
 }
 
-/// Pids whose process group is `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.len() > 3 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            out.push(entry.file_name().to_string_lossy().parse().unwrap_or(0));
-        }
-    }
-    out
+/// Direct children of `pid` that are zombies.
+pub fn zombie_children(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.state == 'Z' && p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
 }
+
+/// Live pids whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z' && p.pgid == pgid)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Runs the daemon on `config` expecting it to refuse to start; returns its
+/// stderr and whether the config's `touch spawned` marker service ran.
+pub fn start_refused(tag: &str, config: &str, args: &[&str]) -> (String, bool) {
+    let dir = temp_dir(tag);
+    let cfg = dir.join("taskmaster.lua");
+    fs::write(&cfg, config).expect("write config");
+    let out = Command::new(daemon_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(if args.contains(&"--port") {
+            vec![]
+        } else {
+            vec!["--port".to_string(), free_port().to_string()]
+        })
+        .args(args)
+        .env_remove("TASKMASTER_TOKEN")
+        .current_dir(&dir)
+        .output()
+        .expect("run taskmasterd");
+    assert!(!out.status.success(), "taskmasterd started with {args:?}");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir.join("spawned").exists(),
+    )
+}
+
+/// A config whose only service leaves a `spawned` file if it ever runs.
+pub const MARKER: &str = "return { services = { m = { cmd = 'touch spawned' } } }";
 
 /// Reads a file, waiting (bounded) for it to have at least `lines` lines.
 pub fn lines_of(path: &Path) -> Vec<String> {

@@ -396,47 +396,16 @@ fn log_lines_carry_rfc3339_time_name_and_what_happened() {
 
 #[test]
 fn bad_config_at_startup_exits_non_zero_and_spawns_nothing() {
-    let dir = temp_dir("badstart");
-    let cfg = dir.join("taskmaster.lua");
-    fs::write(
-        &cfg,
-        "return { services = {\n  marker = { cmd = 'touch spawned' },\n  bad = { cmd = 'x', numprocs = 0 },\n} }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--port",
-            &free_port().to_string(),
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let schema = "return { services = {\n  marker = { cmd = 'touch spawned' },\n  bad = { cmd = 'x', numprocs = 0 },\n} }\n";
+    let (err, spawned) = start_refused("badstart", schema, &[]);
     assert!(
         err.contains("services.bad.numprocs: must be between 1 and 100, got 0"),
         "{err}"
     );
-    assert!(!dir.join("spawned").exists());
+    assert!(!spawned);
 
-    fs::write(
-        &cfg,
-        "local x = 1\nreturn { services = { a = { cmd = nil .. 'x' } } }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--port",
-            &free_port().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let lua = "local x = 1\nreturn { services = { a = { cmd = nil .. 'x' } } }\n";
+    let (err, _) = start_refused("badstart-lua", lua, &[]);
     assert!(
         err.contains("taskmaster.lua:2: attempt to concatenate"),
         "{err}"

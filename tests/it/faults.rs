@@ -47,9 +47,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn ppid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    stat[close + 2..].split(' ').nth(1)?.parse().ok()
+    processes()
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .map(|p| p.ppid)
 }
 
 #[test]

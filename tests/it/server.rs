@@ -426,55 +426,17 @@ fn half_open_handshake_is_dropped_and_others_served() {
 #[test]
 fn port_in_use_fails_cleanly_and_spawns_nothing() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = holder.local_addr().unwrap().port();
-    let dir = temp_dir("portinuse");
-    let cfg = dir.join("taskmaster.lua");
-    fs::write(
-        &cfg,
-        "return { services = { m = { cmd = 'touch spawned' } } }",
-    )
-    .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let port = holder.local_addr().unwrap().port().to_string();
+    let (err, spawned) = start_refused("portinuse", MARKER, &["--port", &port]);
     assert!(err.contains("already in use"), "{err}");
-    assert!(!dir.join("spawned").exists());
+    assert!(!spawned);
 }
 
 #[test]
 fn non_loopback_listen_without_token_is_refused() {
-    let dir = temp_dir("nonloop");
-    let cfg = dir.join("taskmaster.lua");
-    fs::write(
-        &cfg,
-        "return { services = { m = { cmd = 'touch spawned' } } }",
-    )
-    .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "0.0.0.0",
-            "--port",
-            &free_port().to_string(),
-        ])
-        .env_remove("TASKMASTER_TOKEN")
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"));
-    assert!(!dir.join("spawned").exists());
+    let (err, spawned) = start_refused("nonloop", MARKER, &["--listen", "0.0.0.0"]);
+    assert!(err.contains("without a token"), "{err}");
+    assert!(!spawned);
 }
 
 #[test]
@@ -514,34 +476,13 @@ fn sighup_reloads() {
 
 #[test]
 fn bad_listen_address_fails_cleanly() {
-    let dir = temp_dir("badlisten");
-    let cfg = dir.join("taskmaster.lua");
-    fs::write(
-        &cfg,
-        "return { services = { m = { cmd = 'touch spawned' } } }",
-    )
-    .unwrap();
     for addr in ["999.1.1.1", "not an address", "10.255.255.1"] {
-        let out = std::process::Command::new(daemon_bin())
-            .args([
-                "--config",
-                cfg.to_str().unwrap(),
-                "--listen",
-                addr,
-                "--token",
-                "t",
-                "--port",
-                &free_port().to_string(),
-            ])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{addr}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (err, spawned) =
+            start_refused("badlisten", MARKER, &["--listen", addr, "--token", "t"]);
         assert!(
             err.contains("invalid listen address") || err.contains("cannot listen on"),
             "{addr}: {err}"
         );
+        assert!(!spawned);
     }
-    assert!(!dir.join("spawned").exists());
 }
