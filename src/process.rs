@@ -25,7 +25,6 @@
 //! every child, including those of `tm.exec` and orphaned grandchildren (the
 //! daemon is a child subreaper), so no zombie survives.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -37,24 +36,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::config::SpawnSpec;
 use crate::supervisor::state::Exit;
-
-/// Everything needed to start one instance.
-#[derive(Debug, Clone)]
-pub struct SpawnRequest {
-    /// The command line.
-    pub cmd: String,
-    /// Extra environment, on top of the daemon's.
-    pub env: BTreeMap<String, String>,
-    /// Working directory.
-    pub workingdir: Option<PathBuf>,
-    /// Child umask.
-    pub umask: Option<u32>,
-    /// stdout file, or discarded.
-    pub stdout: Option<PathBuf>,
-    /// stderr file, or discarded.
-    pub stderr: Option<PathBuf>,
-}
 
 /// Characters that need a shell.
 const SHELL_SYNTAX: &[char] = &[
@@ -101,7 +84,7 @@ fn open_output(path: &Option<PathBuf>, which: &str) -> Result<Stdio, String> {
 
 /// Spawns one instance; returns its pid (= its process group) or why it
 /// could not start.
-pub fn spawn(req: &SpawnRequest) -> Result<u32, String> {
+pub fn spawn(req: &SpawnSpec, service: &str, instance: u32) -> Result<u32, String> {
     let mut command = match plain_argv(&req.cmd) {
         Some(argv) => {
             let mut c = Command::new(argv[0]);
@@ -125,6 +108,8 @@ pub fn spawn(req: &SpawnRequest) -> Result<u32, String> {
     }
     command
         .envs(&req.env)
+        .env("TASKMASTER_SERVICE", service)
+        .env("TASKMASTER_INSTANCE", instance.to_string())
         .stdin(Stdio::null())
         .stdout(open_output(&req.stdout, "stdout")?)
         .stderr(open_output(&req.stderr, "stderr")?)

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::config::lua::HookState;
 use crate::config::{Config, Service};
 use crate::hooks::HookQueue;
-use crate::process::{self, SpawnRequest};
+use crate::process;
 use crate::protocol::{
     ActionResult, ConfigInfo, DiffData, Event as WireEvent, InstanceInfo, StatusData,
     TransitionEvent,
@@ -194,6 +194,8 @@ struct Inst {
     retiring: bool,
     /// Start again once STOPPED (a restart or a respawning reload).
     restart_pending: bool,
+    /// The state the current start came from, for the spawn log line.
+    starting_from: State,
 }
 
 /// One service's current config.
@@ -302,6 +304,7 @@ impl Supervisor {
             last_pid: None,
             retiring: false,
             restart_pending: false,
+            starting_from: State::Stopped,
         };
         self.instances.insert((service.clone(), index), inst);
     }
@@ -755,25 +758,18 @@ impl Supervisor {
                     });
                 }
                 let spec = &self.services.get(&key.0)?.config.spawn;
-                let mut env = spec.env.clone();
-                env.insert("TASKMASTER_SERVICE".into(), key.0.to_string());
-                env.insert("TASKMASTER_INSTANCE".into(), key.1.to_string());
-                let req = SpawnRequest {
-                    cmd: spec.cmd.clone(),
-                    env,
-                    workingdir: spec.workingdir.clone(),
-                    umask: spec.umask,
-                    stdout: spec.stdout.clone(),
-                    stderr: spec.stderr.clone(),
-                };
-                let name = inst.name.clone();
-                match process::spawn(&req) {
+                let name = &inst.name;
+                // The transition into STARTING is logged here, with its pid.
+                let from = inst.starting_from.name();
+                match process::spawn(spec, &key.0, key.1) {
                     Ok(pid) => {
-                        crate::log!("spawned: '{name}' with pid {pid}");
+                        crate::log!(
+                            "spawned: '{name}' with pid {pid} [{from} -> STARTING, pid {pid}]"
+                        );
                         Some(Event::Spawned { pid })
                     }
                     Err(reason) => {
-                        crate::log!("spawnerr: {name}: {reason}");
+                        crate::log!("spawnerr: {name}: {reason} [{from} -> STARTING]");
                         Some(Event::SpawnFailed { reason })
                     }
                 }
@@ -803,6 +799,11 @@ impl Supervisor {
         exited: Option<(Option<u32>, Exit)>,
         policy: &crate::config::Policy,
     ) {
+        if to == State::Starting {
+            if let Some(inst) = self.instances.get_mut(key) {
+                inst.starting_from = from;
+            }
+        }
         let Some(inst) = self.instances.get(key) else {
             return;
         };
@@ -821,7 +822,8 @@ impl Supervisor {
         let pid_text = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
         let arrow = format!("[{} -> {}{pid_text}]", from.name(), to.name());
         match to {
-            State::Starting => crate::log!("starting: {name} {arrow}"),
+            // Logged with the pid once spawned (see `execute`).
+            State::Starting => {}
             State::Running => crate::log!(
                 "success: {name} entered RUNNING state, process has stayed up for > than {} seconds (starttime) {arrow}",
                 policy.starttime.as_secs_f64()

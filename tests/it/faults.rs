@@ -152,11 +152,11 @@ fn a_thousand_instances() {
             format!("s{i} = {{ cmd = 'sleep 1000', numprocs = 100, starttime = 0, stoptime = 5 }},")
         })
         .collect();
+    let t = Instant::now();
     let mut d = Daemon::start(
         "thousand",
         &format!("return {{ services = {{ {services} }} }}"),
     );
-    let t = Instant::now();
     let s = d.wait_until("1000 running", secs(60), |s| {
         s.len() == 1000 && s.iter().all(|i| i["state"] == "RUNNING")
     });
@@ -180,7 +180,7 @@ fn a_thousand_instances() {
         .iter()
         .all(|x| x["ok"] == true));
     assert!(pids.iter().all(|p| !alive(*p)));
-    eprintln!("1000 instances: started in {started:?}, status {status_time:?}, stop all {stop_time:?}, daemon RSS {rss} KiB");
+    eprintln!("1000 instances: launch to all RUNNING {started:?}, status {status_time:?}, stop all {stop_time:?}, daemon RSS {rss} KiB");
 }
 
 #[test]
