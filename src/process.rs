@@ -30,6 +30,7 @@ use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -66,9 +67,26 @@ pub fn plain_argv(cmd: &str) -> Option<Vec<&str>> {
     }
 }
 
+/// `/dev/null`, opened once and duplicated per spawn (a dup is cheaper than
+/// an open, and a crash loop spawns hundreds of times a second).
+fn dev_null() -> Stdio {
+    static NULL: std::sync::OnceLock<Option<File>> = std::sync::OnceLock::new();
+    let file = NULL.get_or_init(|| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .ok()
+    });
+    match file.as_ref().and_then(|f| f.try_clone().ok()) {
+        Some(f) => f.into(),
+        None => Stdio::null(),
+    }
+}
+
 fn open_output(path: &Option<PathBuf>, which: &str) -> Result<Stdio, String> {
     let Some(path) = path else {
-        return Ok(Stdio::null());
+        return Ok(dev_null());
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -110,7 +128,7 @@ pub fn spawn(req: &SpawnSpec, service: &str, instance: u32) -> Result<u32, Strin
         .envs(&req.env)
         .env("TASKMASTER_SERVICE", service)
         .env("TASKMASTER_INSTANCE", instance.to_string())
-        .stdin(Stdio::null())
+        .stdin(dev_null())
         .stdout(open_output(&req.stdout, "stdout")?)
         .stderr(open_output(&req.stderr, "stderr")?)
         .process_group(0);
@@ -127,7 +145,7 @@ pub fn spawn(req: &SpawnSpec, service: &str, instance: u32) -> Result<u32, Strin
         // The Child handle is dropped without waiting: reaping is done for
         // every child at once by `reap`.
         Ok(child) => {
-            tell_guard(b'+', child.id());
+            mark_group(child.id(), true);
             Ok(child.id())
         }
         Err(e) => Err(spawn_error(&req.cmd, &e)),
@@ -190,42 +208,70 @@ pub fn reap() -> Vec<(u32, Exit)> {
 ///
 /// `PR_SET_PDEATHSIG` only reaches the daemon's direct children; a grandchild
 /// (`sh -c 'worker & worker'`) would survive a SIGKILLed daemon. The daemon
-/// tells the guard, over a pipe, each group it creates and each group that
-/// has emptied; when the pipe reaches EOF (the daemon is gone, however it
-/// died) the guard kills the groups still listed and exits.
+/// marks each live process group in a bitmap indexed by pgid, in memory it
+/// shares with the guard, so keeping it current costs no system call and
+/// never wakes the guard. The guard sleeps on a pipe the daemon never writes
+/// to; EOF means the daemon is gone, however it died, and the guard kills
+/// the groups still marked and exits.
 struct Guard {
-    /// Write end of the pipe to the guard.
-    fd: std::os::fd::OwnedFd,
+    /// Write end of the pipe (held, never written: its closing is the signal).
+    _alive: std::os::fd::OwnedFd,
+    /// The shared bitmap, one bit per possible pgid.
+    bits: &'static [AtomicU64],
 }
+
+/// Linux never hands out pids at or above this (`PID_MAX_LIMIT` on 64-bit).
+const PID_LIMIT: usize = 1 << 22;
 
 static GUARD: std::sync::OnceLock<Guard> = std::sync::OnceLock::new();
 
 /// Forks the group guard. Call once, first thing in `main`, while the
 /// process is still single-threaded.
 pub fn start_group_guard() -> io::Result<()> {
+    let words = PID_LIMIT / 64;
+    // SAFETY: a fresh anonymous shared mapping; untouched pages cost nothing.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            words * 8,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is page-aligned, zeroed, `words * 8` bytes long and
+    // never unmapped; AtomicU64 has the layout of u64.
+    let bits: &'static [AtomicU64] =
+        unsafe { std::slice::from_raw_parts(map as *const AtomicU64, words) };
     let (read, write) = nix::unistd::pipe().map_err(io::Error::from)?;
     // SAFETY: called while single-threaded; the child only runs the simple
     // loop below and exits.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             drop(write);
-            guard_loop(read);
+            guard_loop(read, bits);
         }
         nix::unistd::ForkResult::Parent { .. } => {
             drop(read);
-            let fd = write;
             // The daemon's children must not inherit the pipe.
             let _ = nix::fcntl::fcntl(
-                &fd,
+                &write,
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             );
-            let _ = GUARD.set(Guard { fd });
+            let _ = GUARD.set(Guard {
+                _alive: write,
+                bits,
+            });
             Ok(())
         }
     }
 }
 
-fn guard_loop(read: std::os::fd::OwnedFd) -> ! {
+fn guard_loop(read: std::os::fd::OwnedFd, bits: &[AtomicU64]) -> ! {
     use std::io::Read;
     // SAFETY: plain libc calls in a fresh single-threaded child.
     unsafe {
@@ -248,50 +294,44 @@ fn guard_loop(read: std::os::fd::OwnedFd) -> ! {
             libc::signal(sig, libc::SIG_IGN);
         }
     }
-    let mut groups = std::collections::BTreeSet::new();
     let mut pipe = File::from(read);
-    let mut buf = [0u8; 5 * 512];
-    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 64];
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                let whole = pending.len() / 5 * 5;
-                for rec in pending[..whole].chunks_exact(5) {
-                    let pgid = i32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
-                    if rec[0] == b'+' {
-                        groups.insert(pgid);
-                    } else {
-                        groups.remove(&pgid);
-                    }
-                }
-                pending.drain(..whole);
-            }
+            Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    for pgid in groups {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    for (w, word) in bits.iter().enumerate() {
+        let mut set = word.load(Ordering::Acquire);
+        while set != 0 {
+            let bit = set.trailing_zeros() as usize;
+            set &= set - 1;
+            // SAFETY: plain kill(2) on a process group.
+            unsafe { libc::kill(-((w * 64 + bit) as i32), libc::SIGKILL) };
+        }
     }
     // SAFETY: leave without running the parent's atexit handlers or destructors.
     unsafe { libc::_exit(0) }
 }
 
-fn tell_guard(op: u8, pgid: u32) {
+fn mark_group(pgid: u32, live: bool) {
     let Some(guard) = GUARD.get() else { return };
-    let mut rec = [op, 0, 0, 0, 0];
-    rec[1..].copy_from_slice(&(pgid as i32).to_le_bytes());
-    // One write of 5 bytes is atomic on a pipe; a failure means the guard is
-    // gone, which only loses the SIGKILL-cleanup safety net.
-    let _ = nix::unistd::write(&guard.fd, &rec);
+    let (w, bit) = (pgid as usize / 64, 1u64 << (pgid % 64));
+    if let Some(word) = guard.bits.get(w) {
+        if live {
+            word.fetch_or(bit, Ordering::Release);
+        } else {
+            word.fetch_and(!bit, Ordering::Release);
+        }
+    }
 }
 
 /// Tells the guard a process group has no members left.
 pub fn forget_group(pgid: u32) {
-    tell_guard(b'-', pgid);
+    mark_group(pgid, false);
 }
 
 /// Marks every inherited descriptor above stderr close-on-exec, so children
