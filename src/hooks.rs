@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
 
-use crate::config::lua::{arm_deadline, error_text, HookState, HANDLERS_KEY, MODULE_KEY};
+use crate::config::lua::{arm_budget, error_text, Budget, HookState, HANDLERS_KEY, MODULE_KEY};
 use crate::process;
 use crate::protocol::Event;
 use crate::supervisor::{Control, Handle};
@@ -61,19 +61,33 @@ pub struct HookQueue {
 }
 
 impl HookQueue {
+    /// Whether the current config has handlers (events are worth queueing).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Queues an event for the hooks, dropping the oldest pending event when full.
     pub fn push_event(&self, event: &Event) {
-        if !self.active.load(Ordering::Relaxed) {
-            return;
+        if self.is_active() {
+            self.push_all(std::iter::once(Msg::Event(event.clone())));
         }
-        self.push(Msg::Event(event.clone()));
+    }
+
+    /// Queues a batch of events with one lock and at most one wake-up (the
+    /// supervisor flushes what one request or exit produced).
+    pub fn push_events(&self, events: &mut Vec<Event>) {
+        if self.is_active() {
+            self.push_all(events.drain(..).map(Msg::Event));
+        } else {
+            events.clear();
+        }
     }
 
     /// Swaps in the hooks of a newly applied config (None: no hooks).
     pub fn replace(&self, hooks: Option<HookState>) {
         self.active
             .store(hooks.as_ref().is_some_and(has_handlers), Ordering::Relaxed);
-        self.push(Msg::Replace(hooks));
+        self.push_all(std::iter::once(Msg::Replace(hooks)));
     }
 
     /// Stops the host thread once the queue is drained.
@@ -85,22 +99,29 @@ impl HookQueue {
         cv.notify_all();
     }
 
-    fn push(&self, msg: Msg) {
+    fn push_all(&self, msgs: impl Iterator<Item = Msg>) {
         let (lock, cv) = &*self.inner;
         let Ok(mut q) = lock.lock() else { return };
-        if matches!(msg, Msg::Event(_)) {
-            q.events += 1;
-        }
-        q.items.push_back(msg);
-        if q.events > QUEUE_CAP {
-            if let Some(pos) = q.items.iter().position(|m| matches!(m, Msg::Event(_))) {
-                q.items.remove(pos);
-                q.events -= 1;
-                q.dropped += 1;
+        // The host sleeps only on an empty queue: wake it only then.
+        let was_empty = q.items.is_empty();
+        for msg in msgs {
+            if matches!(msg, Msg::Event(_)) {
+                q.events += 1;
+            }
+            q.items.push_back(msg);
+            if q.events > QUEUE_CAP {
+                if let Some(pos) = q.items.iter().position(|m| matches!(m, Msg::Event(_))) {
+                    q.items.remove(pos);
+                    q.events -= 1;
+                    q.dropped += 1;
+                }
             }
         }
+        let wake = was_empty && !q.items.is_empty();
         drop(q);
-        cv.notify_one();
+        if wake {
+            cv.notify_one();
+        }
     }
 
     fn pop(&self) -> Option<(Msg, u64)> {
@@ -139,6 +160,7 @@ pub fn start(queue: HookQueue, initial: Option<HookState>, handle: Handle) -> st
         .spawn(move || {
             let mut host = Host {
                 state: None,
+                budget: Arc::default(),
                 handle,
                 rt,
             };
@@ -158,6 +180,8 @@ pub fn start(queue: HookQueue, initial: Option<HookState>, handle: Handle) -> st
 struct Host {
     /// The current config's Lua state, with its daemon-bound functions installed.
     state: Option<Lua>,
+    /// The time budget its instruction hook enforces.
+    budget: Arc<Budget>,
     /// For tm.start/stop/restart/status.
     handle: Handle,
     /// To run the fire-and-forget command tasks.
@@ -178,6 +202,8 @@ impl Host {
         if let Err(e) = lua.set_memory_limit(limit) {
             crate::log!("hooks: cannot limit hook memory: {e}");
         }
+        self.budget = Arc::default();
+        arm_budget(&lua, self.budget.clone(), "hook");
         self.state = Some(lua);
     }
 
@@ -221,35 +247,62 @@ impl Host {
 
     fn dispatch(&mut self, event: &Event) {
         let Some(lua) = &self.state else { return };
-        let (names, label) = match event {
-            Event::Transition(t) => (
-                vec![t.to.as_str(), "transition"],
-                format!("{} {} -> {}", t.name, t.from, t.to),
-            ),
-            Event::Reload(r) => (
-                vec!["reload"],
-                format!("reload ({})", if r.ok { "ok" } else { "failed" }),
-            ),
-        };
-        let arg = match lua.to_value_with(event, serde_options()) {
-            Ok(v) => v,
-            Err(e) => {
-                crate::log!("hooks: cannot pass event {label}: {e}");
-                return;
-            }
+        let names: &[&str] = match event {
+            Event::Transition(t) => &[t.to.as_str(), "transition"],
+            Event::Reload(_) => &["reload"],
         };
         let Ok(handlers) = lua.named_registry_value::<Table>(HANDLERS_KEY) else {
             return;
         };
+        let lists: Vec<(&str, Table)> = names
+            .iter()
+            .filter_map(|n| handlers.get::<Table>(*n).ok().map(|t| (*n, t)))
+            .collect();
+        if lists.is_empty() {
+            return;
+        }
+        let arg = match event_value(lua, event) {
+            Ok(v) => v,
+            Err(e) => {
+                crate::log!("hooks: cannot pass event {}: {e}", label(event));
+                return;
+            }
+        };
         let timeout = budget(lua);
-        for name in names {
-            let Ok(list) = handlers.get::<Table>(name) else {
-                continue;
-            };
+        for (name, list) in lists {
             for f in list.sequence_values::<Function>().flatten() {
-                call_with_budget(lua, &f, &arg, timeout, name, &label);
+                call_with_budget(lua, &self.budget, &f, &arg, timeout, name, event);
             }
         }
+    }
+}
+
+/// The Lua table a handler receives: built field by field for transitions
+/// (the hot path of a crash loop), through serde for the rarer reloads.
+fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
+    let Event::Transition(t) = event else {
+        return lua.to_value_with(event, serde_options());
+    };
+    let table = lua.create_table_with_capacity(0, 11)?;
+    table.raw_set("event", "transition")?;
+    table.raw_set("name", t.name.as_str())?;
+    table.raw_set("service", t.service.as_str())?;
+    table.raw_set("instance", t.instance)?;
+    table.raw_set("from", t.from.as_str())?;
+    table.raw_set("to", t.to.as_str())?;
+    table.raw_set("pid", t.pid)?;
+    table.raw_set("exitcode", t.exitcode)?;
+    table.raw_set("signal", t.signal.as_deref())?;
+    table.raw_set("expected", t.expected)?;
+    table.raw_set("time", t.time)?;
+    Ok(LuaValue::Table(table))
+}
+
+/// How an event is named in the log (`web:0 RUNNING -> EXITED`).
+fn label(event: &Event) -> String {
+    match event {
+        Event::Transition(t) => format!("{} {} -> {}", t.name, t.from, t.to),
+        Event::Reload(r) => format!("reload ({})", if r.ok { "ok" } else { "failed" }),
     }
 }
 
@@ -272,19 +325,29 @@ fn budget(lua: &Lua) -> Duration {
 
 fn call_with_budget(
     lua: &Lua,
+    budget: &Arc<Budget>,
     f: &Function,
     arg: &LuaValue,
     timeout: Duration,
     name: &str,
-    label: &str,
+    event: &Event,
 ) {
-    let deadline = Arc::new(Mutex::new(Some(Instant::now() + timeout)));
-    arm_deadline(lua, deadline, "hook");
+    if budget.tripped.load(Ordering::Relaxed) {
+        // The last call was cut off: the hook now fails every instruction.
+        arm_budget(lua, budget.clone(), "hook");
+    }
+    let set = |d: Option<Instant>| {
+        if let Ok(mut slot) = budget.deadline.lock() {
+            *slot = d;
+        }
+    };
+    set(Some(Instant::now() + timeout));
     let result = f.call::<()>(arg.clone());
-    lua.remove_hook();
+    set(None);
     if let Err(e) = result {
         crate::log!(
-            "hooks: handler for \"{name}\" failed on {label}: {}",
+            "hooks: handler for \"{name}\" failed on {}: {}",
+            label(event),
             error_text(&e)
         );
     }

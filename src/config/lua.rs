@@ -39,13 +39,27 @@ pub struct HookState {
     pub lua: Lua,
 }
 
-/// Makes the Lua state error out once `deadline` has passed, on every check
-/// from then on, naming the place it was cut off.
-pub fn arm_deadline(lua: &Lua, deadline: Arc<Mutex<Option<Instant>>>, what: &'static str) {
+/// A wall-clock budget for Lua code, shared with the instruction hook.
+#[derive(Default)]
+pub struct Budget {
+    /// When the running code must stop; None while no budgeted call runs.
+    pub deadline: Mutex<Option<Instant>>,
+    /// Set once the hook has cut code off (and switched to failing every
+    /// instruction): the state needs [`arm_budget`] again before reuse.
+    pub tripped: std::sync::atomic::AtomicBool,
+}
+
+/// Makes the Lua state error out once the budget's deadline has passed, on
+/// every instruction from then on, naming the place it was cut off.
+pub fn arm_budget(lua: &Lua, budget: Arc<Budget>, what: &'static str) {
+    budget
+        .tripped
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let result = lua.set_hook(
         HookTriggers::new().every_nth_instruction(CHECK_EVERY),
         move |lua, debug| {
-            let expired = deadline
+            let expired = budget
+                .deadline
                 .lock()
                 .map(|d| d.is_some_and(|d| Instant::now() >= d))
                 .unwrap_or(false);
@@ -60,6 +74,9 @@ pub fn arm_deadline(lua: &Lua, deadline: Arc<Mutex<Option<Instant>>>, what: &'st
             let message = format!("{place}{what} ran out of time");
             // From now on every instruction fails, so a `pcall` that caught this
             // error cannot go on: the error reaches the top within a few steps.
+            budget
+                .tripped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let again = message.clone();
             lua.set_hook(HookTriggers::new().every_nth_instruction(1), move |_, _| {
                 Err(mlua::Error::runtime(again.clone()))
@@ -84,8 +101,11 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     prepare(&lua, &base, files.clone()).map_err(|e| ConfigError::Lua(error_text(&e)))?;
     lua.set_memory_limit(MEMORY_LIMIT)
         .map_err(|e| ConfigError::Lua(error_text(&e)))?;
-    let deadline = Arc::new(Mutex::new(Some(Instant::now() + LOAD_BUDGET)));
-    arm_deadline(&lua, deadline, "config evaluation");
+    let budget = Arc::new(Budget::default());
+    if let Ok(mut d) = budget.deadline.lock() {
+        *d = Some(Instant::now() + LOAD_BUDGET);
+    }
+    arm_budget(&lua, budget, "config evaluation");
 
     let chunk_name = format!("@{}", path.display());
     let result: LuaValue = lua

@@ -243,6 +243,8 @@ pub struct Supervisor {
     events: broadcast::Sender<WireEvent>,
     /// The hook host's queue.
     hooks: HookQueue,
+    /// Events for the hooks not yet queued (flushed once per wake-up).
+    hook_batch: Vec<WireEvent>,
     /// Answered once everything is stopped after a shutdown request.
     shutdown: Vec<oneshot::Sender<()>>,
 }
@@ -276,6 +278,7 @@ impl Supervisor {
             },
             events: events.clone(),
             hooks: hooks.clone(),
+            hook_batch: Vec::new(),
             shutdown: Vec::new(),
         };
         for (name, svc) in config.services {
@@ -327,6 +330,7 @@ impl Supervisor {
         for key in autostart {
             let _ = self.apply(&key, Event::Start).await;
         }
+        self.flush_hooks();
         loop {
             let next = self.next_deadline();
             tokio::select! {
@@ -337,6 +341,7 @@ impl Supervisor {
                 },
                 _ = sleep_until(next) => self.on_deadlines().await,
             }
+            self.flush_hooks();
             if !self.shutdown.is_empty() && self.all_gone() {
                 break;
             }
@@ -418,8 +423,11 @@ impl Supervisor {
                 reply,
             } => {
                 // Events from here on belong to the new config's hooks.
+                self.flush_hooks();
                 self.hooks.replace(hooks);
                 let diff = self.apply_config(config).await;
+                // Its transitions reach the hooks before the reload result does.
+                self.flush_hooks();
                 let _ = reply.send(diff);
             }
             Request::ConfigFailed { error } => {
@@ -862,8 +870,17 @@ impl Supervisor {
             expected,
             time: unix_now(),
         });
-        self.hooks.push_event(&event);
+        if self.hooks.is_active() {
+            self.hook_batch.push(event.clone());
+        }
         let _ = self.events.send(event);
+    }
+
+    /// Hands the events gathered since the last flush to the hook host.
+    fn flush_hooks(&mut self) {
+        if !self.hook_batch.is_empty() {
+            self.hooks.push_events(&mut self.hook_batch);
+        }
     }
 
     /// Drops a retiring instance (or a removed service) once it has no process.
