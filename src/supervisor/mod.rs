@@ -235,6 +235,8 @@ pub struct Supervisor {
     pids: HashMap<u32, Key>,
     /// STOPPING instances whose leader is gone but whose group may live on.
     draining: BTreeSet<Key>,
+    /// Process groups whose leader exited while other members lived on.
+    lingering: BTreeSet<u32>,
     /// Pending `start`/`stop`/`restart` requests.
     waiters: Vec<Waiter>,
     /// The config path, load time and last error.
@@ -270,6 +272,7 @@ impl Supervisor {
             instances: BTreeMap::new(),
             pids: HashMap::new(),
             draining: BTreeSet::new(),
+            lingering: BTreeSet::new(),
             waiters: Vec::new(),
             config_info: ConfigInfo {
                 path: path.display().to_string(),
@@ -367,15 +370,31 @@ impl Supervisor {
     }
 
     async fn on_sigchld(&mut self) {
+        let mut strangers = false;
         for (pid, exit) in process::reap() {
             let Some(key) = self.pids.remove(&pid) else {
-                continue; // a tm.exec child or an orphaned grandchild
+                strangers = true; // a tm.exec child or an orphaned grandchild
+                continue;
             };
             let group_alive = process::group_alive(pid);
-            if !group_alive {
+            if group_alive {
+                // Members outlived their leader: the guard must keep the
+                // group until they are gone, and then forget it (its number
+                // may be handed out again).
+                self.lingering.insert(pid);
+            } else {
                 process::forget_group(pid);
             }
             let _ = self.apply(&key, Event::Exited { exit, group_alive }).await;
+        }
+        if strangers {
+            self.lingering.retain(|g| {
+                let alive = process::group_alive(*g);
+                if !alive {
+                    process::forget_group(*g);
+                }
+                alive
+            });
         }
         let draining: Vec<Key> = self.draining.iter().cloned().collect();
         for key in draining {
