@@ -226,7 +226,6 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     });
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut subscribed = false;
     // The event forwarder holds a sender to the writer: it must end with the
     // connection, or the writer (and the socket) would live on.
     let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
@@ -272,22 +271,19 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         };
         crate::log!("client {peer}: {} {}", request.cmd, request.args.join(" "));
         if request.cmd == "subscribe" {
-            let reply = if !request.args.is_empty() {
-                Reply::err(request.id, "bad_args", "subscribe takes no arguments")
-            } else if subscribed {
+            let ok = request.args.is_empty();
+            // Subscribe before replying: no event after the reply is missed.
+            let events = (ok && forwarder.is_none()).then(|| ctx.handle.subscribe());
+            let reply = if ok {
                 Reply::ok(request.id, json!({}))
             } else {
-                subscribed = true;
-                let events = ctx.handle.subscribe();
-                let reply = Reply::ok(request.id, json!({}));
-                if out.send(Message::text(reply.encode())).await.is_err() {
-                    break;
-                }
-                forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
-                continue;
+                Reply::err(request.id, "bad_args", "subscribe takes no arguments")
             };
             if out.send(Message::text(reply.encode())).await.is_err() {
                 break;
+            }
+            if let Some(events) = events {
+                forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
             }
             continue;
         }
