@@ -219,11 +219,29 @@ enum Goal {
 
 /// A `start`/`stop`/`restart` request waiting for its instances to settle.
 struct Waiter {
+    /// Stable identity (positions in `waiters` shift as others complete).
+    id: u64,
     /// Per instance: the goal, or the result once settled.
     targets: Vec<(Key, Goal, Option<ActionResult>)>,
     /// Where the answer goes.
     reply: Answer<Vec<ActionResult>>,
 }
+
+/// One instance's share of a `start`/`stop`/`restart`, not yet acted on.
+/// Requests naming many instances are worked off in chunks between other
+/// requests, so a `start all` of a thousand instances does not hold up a
+/// `status` for the time of a thousand spawns.
+struct Pending {
+    /// The waiter to settle.
+    waiter: u64,
+    /// The instance.
+    key: Key,
+    /// What to do to it.
+    action: Control,
+}
+
+/// Instances acted on per turn of the actor loop.
+const CHUNK: usize = 16;
 
 /// The actor's state.
 pub struct Supervisor {
@@ -239,6 +257,10 @@ pub struct Supervisor {
     lingering: BTreeSet<u32>,
     /// Pending `start`/`stop`/`restart` requests.
     waiters: Vec<Waiter>,
+    /// Id of the next waiter.
+    next_waiter: u64,
+    /// Instances of those requests still to act on, in order.
+    pending: VecDeque<Pending>,
     /// The config path, load time and last error.
     config_info: ConfigInfo,
     /// Subscribers.
@@ -274,6 +296,8 @@ impl Supervisor {
             draining: BTreeSet::new(),
             lingering: BTreeSet::new(),
             waiters: Vec::new(),
+            next_waiter: 0,
+            pending: VecDeque::new(),
             config_info: ConfigInfo {
                 path: path.display().to_string(),
                 loaded_at: unix_now(),
@@ -343,6 +367,7 @@ impl Supervisor {
                     None => self.begin_shutdown(None).await,
                 },
                 _ = sleep_until(next) => self.on_deadlines().await,
+                _ = std::future::ready(()), if !self.pending.is_empty() => self.work_pending().await,
             }
             self.flush_hooks();
             if !self.shutdown.is_empty() && self.all_gone() {
@@ -587,23 +612,55 @@ impl Supervisor {
             Control::Restart => Goal::Restart,
         };
         let targets = keys.iter().map(|k| (k.clone(), goal, None)).collect();
-        self.waiters.push(Waiter { targets, reply });
-        let idx = self.waiters.len() - 1;
-        for key in keys {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push(Waiter { id, targets, reply });
+        self.pending.extend(keys.into_iter().map(|key| Pending {
+            waiter: id,
+            key,
+            action,
+        }));
+        self.work_pending().await;
+    }
+
+    /// Acts on up to [`CHUNK`] pending instances.
+    async fn work_pending(&mut self) {
+        for _ in 0..CHUNK {
+            let Some(Pending {
+                waiter,
+                key,
+                action,
+            }) = self.pending.pop_front()
+            else {
+                break;
+            };
+            if !self.shutdown.is_empty() {
+                self.settle(waiter, &key, false, "the daemon is shutting down".into());
+                continue;
+            }
+            if !self.instances.contains_key(&key) {
+                self.settle(waiter, &key, false, "removed by reload".into());
+                continue;
+            }
             let event = match action {
                 Control::Start => Event::Start,
                 Control::Stop => Event::Stop,
                 Control::Restart if self.restart_when_stopped(&key) => Event::Stop,
                 Control::Restart => {
-                    self.retarget(idx, &key, Goal::Started);
+                    self.retarget(waiter, &key, Goal::Started);
                     Event::Start
                 }
             };
             if let Err(refusal) = self.apply(&key, event).await {
-                self.settle(idx, &key, false, refusal.message().to_string());
+                self.settle(waiter, &key, false, refusal.message().to_string());
             }
         }
         self.flush_waiters();
+        if !self.pending.is_empty() {
+            // Let the connections run (and queue their requests) before the
+            // next chunk: nothing else runs on this thread until we yield.
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Marks a live instance to start again once stopped; false if it has
@@ -623,8 +680,8 @@ impl Supervisor {
         }
     }
 
-    fn retarget(&mut self, idx: usize, key: &Key, goal: Goal) {
-        if let Some(w) = self.waiters.get_mut(idx) {
+    fn retarget(&mut self, waiter: u64, key: &Key, goal: Goal) {
+        if let Some(w) = self.waiters.iter_mut().find(|w| w.id == waiter) {
             for t in w
                 .targets
                 .iter_mut()
@@ -635,13 +692,13 @@ impl Supervisor {
         }
     }
 
-    fn settle(&mut self, idx: usize, key: &Key, ok: bool, message: String) {
+    fn settle(&mut self, waiter: u64, key: &Key, ok: bool, message: String) {
         let name = self
             .instances
             .get(key)
             .map(|i| i.name.clone())
             .unwrap_or_else(|| format!("{}:{}", key.0, key.1));
-        if let Some(w) = self.waiters.get_mut(idx) {
+        if let Some(w) = self.waiters.iter_mut().find(|w| w.id == waiter) {
             for t in w
                 .targets
                 .iter_mut()

@@ -486,3 +486,37 @@ fn bad_listen_address_fails_cleanly() {
         assert!(!spawned);
     }
 }
+
+#[test]
+fn start_all_of_many_instances_lets_status_through_midway() {
+    let lua = "return { services = { many = { cmd = 'sleep 1000', numprocs = 100, autostart = false, starttime = 0 }, \
+               more = { cmd = 'sleep 1000', numprocs = 100, autostart = false, starttime = 0 }, \
+               most = { cmd = 'sleep 1000', numprocs = 100, autostart = false, starttime = 0 } } }";
+    let mut d = Daemon::start("startmany", lua);
+    let url = d.url();
+    let starter = std::thread::spawn(move || {
+        let (mut ws, _) = tungstenite::connect(url).unwrap();
+        call(&mut ws, 1, "start", &["all"])
+    });
+    // As soon as the first instance starts, ask for status: the actor works
+    // the 300 starts off in chunks, so the answer comes while many are
+    // still STOPPED instead of after the last spawn.
+    let deadline = Instant::now() + secs(10);
+    loop {
+        let ev = d.next_event(secs(1));
+        if ev
+            .as_ref()
+            .is_some_and(|e| e["to"] == "STARTING" || e["to"] == "RUNNING")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no instance started");
+    }
+    let s = d.status();
+    let stopped = s.iter().filter(|i| i["state"] == "STOPPED").count();
+    assert!(stopped > 0, "status waited for all 300 starts");
+    let r = starter.join().unwrap();
+    let results = r["data"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 300);
+    assert!(results.iter().all(|x| x["ok"] == true), "{r}");
+}
