@@ -377,22 +377,12 @@ pub fn exec_logged(cmd: &str) -> std::io::Result<u32> {
     command
         .arg("-c")
         .arg(cmd)
-        .stdin(Stdio::null())
+        .stdin(dev_null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: prctl only, between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+        .stderr(Stdio::piped())
+        // A group of its own, known to the guard like an instance's, so a
+        // `cmd &` it leaves behind cannot outlive a SIGKILLed daemon either.
+        .process_group(0);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -400,6 +390,7 @@ pub fn exec_logged(cmd: &str) -> std::io::Result<u32> {
             return Err(e);
         }
     };
+    mark_group(child.id(), true);
     let pid = child.id();
     crate::log!("exec[{pid}]: {cmd}");
     let streams: Vec<Box<dyn std::io::Read + Send>> = [

@@ -398,7 +398,14 @@ impl Supervisor {
         let mut strangers = false;
         for (pid, exit) in process::reap() {
             let Some(key) = self.pids.remove(&pid) else {
-                strangers = true; // a tm.exec child or an orphaned grandchild
+                // A tm.exec child (a group leader the guard knows) or an
+                // orphaned grandchild (whose group is usually not its own).
+                strangers = true;
+                if process::group_alive(pid) {
+                    self.lingering.insert(pid);
+                } else {
+                    process::forget_group(pid);
+                }
                 continue;
             };
             let group_alive = process::group_alive(pid);

@@ -55,11 +55,19 @@ fn ppid(pid: u32) -> Option<u32> {
 
 #[test]
 fn sigkilled_daemon_leaves_no_process_behind() {
-    let mut d = Daemon::start(
-        "sigkill",
-        "return { services = { g = { cmd = \"sh -c 'sleep 1000 & sleep 1000'\", numprocs = 5, starttime = 0 } } }",
-    );
+    // A hook also leaves a background grandchild through tm.exec.
+    let lua = r#"local tm = require("taskmaster")
+tm.on("RUNNING", function(ev)
+  if ev.name == "g:0" then tm.exec("sleep 1000 & echo $! > " .. tm.config_dir .. "/exec.pid") end
+end)
+return { services = { g = { cmd = "sh -c 'sleep 1000 & sleep 1000'", numprocs = 5, starttime = 0 } } }"#;
+    let mut d = Daemon::start("sigkill", lua);
     let s = d.wait_all("RUNNING", secs(10));
+    let exec_pid: i32 = wait_file(&d.dir.join("exec.pid"), secs(10), |t| t.ends_with('\n'))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(exec_pid));
     let groups: Vec<i32> = s
         .iter()
         .map(|i| i["pid"].as_i64().unwrap() as i32)
@@ -83,12 +91,13 @@ fn sigkilled_daemon_leaves_no_process_behind() {
             .iter()
             .flat_map(|g| group_members(*g as u32))
             .collect();
-        if left.is_empty() {
+        if left.is_empty() && !alive(exec_pid) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "orphans survived the daemon: {left:?}"
+            "orphans survived the daemon: {left:?}, exec'd sleep alive: {}",
+            alive(exec_pid)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
