@@ -232,8 +232,8 @@ struct Waiter {
 /// requests, so a `start all` of a thousand instances does not hold up a
 /// `status` for the time of a thousand spawns.
 struct Pending {
-    /// The waiter to settle.
-    waiter: u64,
+    /// The waiter to settle (None for autostarts, which nobody waits on).
+    waiter: Option<u64>,
     /// The instance.
     key: Key,
     /// What to do to it.
@@ -354,9 +354,8 @@ impl Supervisor {
             .filter(|(s, _)| self.services[s].config.policy.autostart)
             .cloned()
             .collect();
-        for key in autostart {
-            let _ = self.apply(&key, Event::Start).await;
-        }
+        self.queue_starts(autostart);
+        self.work_pending().await;
         self.flush_hooks();
         loop {
             let next = self.next_deadline();
@@ -623,11 +622,21 @@ impl Supervisor {
         self.next_waiter += 1;
         self.waiters.push(Waiter { id, targets, reply });
         self.pending.extend(keys.into_iter().map(|key| Pending {
-            waiter: id,
+            waiter: Some(id),
             key,
             action,
         }));
         self.work_pending().await;
+    }
+
+    /// Queues autostarts: worked off in chunks like client requests, so a
+    /// thousand of them do not keep the daemon from answering meanwhile.
+    fn queue_starts(&mut self, keys: Vec<Key>) {
+        self.pending.extend(keys.into_iter().map(|key| Pending {
+            waiter: None,
+            key,
+            action: Control::Start,
+        }));
     }
 
     /// Acts on up to [`CHUNK`] pending instances.
@@ -641,12 +650,17 @@ impl Supervisor {
             else {
                 break;
             };
-            if !self.shutdown.is_empty() {
-                self.settle(waiter, &key, false, "the daemon is shutting down".into());
-                continue;
-            }
-            if !self.instances.contains_key(&key) {
-                self.settle(waiter, &key, false, "removed by reload".into());
+            let refused = if !self.shutdown.is_empty() {
+                Some("the daemon is shutting down")
+            } else if self.instances.get(&key).is_none_or(|i| i.retiring) {
+                Some("removed by reload")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                if let Some(w) = waiter {
+                    self.settle(w, &key, false, why.into());
+                }
                 continue;
             }
             let event = match action {
@@ -654,12 +668,16 @@ impl Supervisor {
                 Control::Stop => Event::Stop,
                 Control::Restart if self.restart_when_stopped(&key) => Event::Stop,
                 Control::Restart => {
-                    self.retarget(waiter, &key, Goal::Started);
+                    if let Some(w) = waiter {
+                        self.retarget(w, &key, Goal::Started);
+                    }
                     Event::Start
                 }
             };
-            if let Err(refusal) = self.apply(&key, event).await {
-                self.settle(waiter, &key, false, refusal.message().to_string());
+            let result = self.apply(&key, event).await;
+            // An autostart refused (a client already started it) needs no answer.
+            if let (Err(refusal), Some(w)) = (result, waiter) {
+                self.settle(w, &key, false, refusal.message().to_string());
             }
         }
         self.flush_waiters();
@@ -1013,9 +1031,7 @@ impl Supervisor {
                     self.services.remove(&name);
                     self.add_service(name.clone(), svc.clone());
                     if autostart {
-                        for i in 0..svc.numprocs {
-                            let _ = self.apply(&(name.clone(), i), Event::Start).await;
-                        }
+                        self.queue_starts((0..svc.numprocs).map(|i| (name.clone(), i)).collect());
                     }
                 }
                 Some(reload::Change::Changed { respawn }) => {
@@ -1099,7 +1115,7 @@ impl Supervisor {
                 self.add_instance(&name, i);
             }
             if new.policy.autostart {
-                let _ = self.apply(&key, Event::Start).await;
+                self.queue_starts(vec![key]);
             }
         }
     }
