@@ -117,9 +117,13 @@ fn kill_storm_loses_nothing() {
     let start = Instant::now();
     while start.elapsed() < duration {
         let s = d.status();
-        // About 100 kills per second, at random instances.
-        for _ in 0..10 {
-            let i = &s[rng.below(n as u64) as usize];
+        // About 100 kills per second, at 10 distinct random instances per
+        // round (a second kill of the same pid would hit a dying process).
+        let mut picked = std::collections::BTreeSet::new();
+        while picked.len() < 10 {
+            picked.insert(rng.below(n as u64) as usize);
+        }
+        for i in picked.into_iter().map(|k| &s[k]) {
             if let Some(pid) = i["pid"].as_i64() {
                 if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                     kills += 1;
@@ -142,7 +146,7 @@ fn kill_storm_loses_nothing() {
     assert!(zombie_children(d.pid()).is_empty());
     let restarts: u64 = s.iter().map(|i| i["restarts"].as_u64().unwrap()).sum();
     assert!(
-        restarts >= kills as u64 * 9 / 10,
+        restarts >= kills as u64,
         "{restarts} restarts for {kills} kills"
     );
     assert_eq!(fd_count(d.pid()), baseline_fds, "fd leak");
