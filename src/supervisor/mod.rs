@@ -587,7 +587,8 @@ impl Supervisor {
         }
     }
 
-    /// The instances currently known, for name completion and `tm.status()`.
+    /// Starts a `start`/`stop`/`restart`: validates the names, registers a
+    /// waiter answered once every instance settled, and queues the instances.
     async fn control(
         &mut self,
         action: Control,

@@ -45,17 +45,6 @@ impl State {
             State::Fatal => "FATAL",
         }
     }
-
-    /// Every state, for completion and tests.
-    pub const ALL: [State; 7] = [
-        State::Stopped,
-        State::Starting,
-        State::Running,
-        State::Backoff,
-        State::Stopping,
-        State::Exited,
-        State::Fatal,
-    ];
 }
 
 /// How a process ended.
