@@ -312,36 +312,30 @@ async fn forward_events(
     out: mpsc::Sender<Message>,
     peer: SocketAddr,
 ) {
-    loop {
+    let why = loop {
         match events.recv().await {
             Ok(ev) => {
                 let text = serde_json::to_string(&ev).unwrap_or_default();
                 // A subscriber whose queue is full is not reading: drop it
                 // rather than let it hold events (or the daemon) back.
-                if let Err(e) = out.try_send(Message::text(text)) {
-                    if let mpsc::error::TrySendError::Full(_) = e {
-                        crate::log!("client {peer}: subscriber too slow, disconnecting");
-                        let frame = CloseFrame {
-                            code: CloseCode::Policy,
-                            reason: "too slow reading events".into(),
-                        };
-                        let _ = out.try_send(Message::Close(Some(frame)));
+                match out.try_send(Message::text(text)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        break "its queue is full".to_string()
                     }
-                    return;
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                crate::log!("client {peer}: subscriber missed {n} events, disconnecting");
-                let frame = CloseFrame {
-                    code: CloseCode::Policy,
-                    reason: "too slow reading events".into(),
-                };
-                let _ = out.try_send(Message::Close(Some(frame)));
-                return;
-            }
+            Err(broadcast::error::RecvError::Lagged(n)) => break format!("it missed {n} events"),
             Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
+    };
+    crate::log!("client {peer}: subscriber too slow ({why}), disconnecting");
+    let frame = CloseFrame {
+        code: CloseCode::Policy,
+        reason: "too slow reading events".into(),
+    };
+    let _ = out.try_send(Message::Close(Some(frame)));
 }
 
 /// Runs one request and builds its reply.
