@@ -5,7 +5,7 @@
 //! running. SIGTERM/SIGINT stop every instance with its own stopsignal and
 //! stoptime, then the daemon exits 0; SIGHUP reloads.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{self, ConfigError};
 use crate::hooks::HookQueue;
 use crate::process;
-use crate::protocol::{DiffData, Event, ReloadEvent};
+use crate::reloader::Reloader;
 use crate::server;
 use crate::supervisor::Supervisor;
 
@@ -88,7 +88,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
     let hooks = HookQueue::default();
-    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), hooks.clone());
+    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), Arc::new(hooks.clone()));
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
     let actor = tokio::spawn(sup.run(rx));
@@ -153,68 +153,4 @@ async fn wait_actor(actor: tokio::task::JoinHandle<()>) {
 
 fn io_err(e: std::io::Error) -> DaemonError {
     DaemonError::Io(e.to_string())
-}
-
-/// Loads the config again and applies it (the reload entry point, shared
-/// by the `reload` command, SIGHUP and the file watcher).
-#[derive(Clone)]
-pub struct Reloader {
-    /// The config file.
-    pub path: PathBuf,
-    /// The supervisor.
-    pub handle: crate::supervisor::Handle,
-    /// One reload at a time, so the last one applied is the last one read.
-    pub lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Reloader {
-    /// A reloader for `path`.
-    pub fn new(path: PathBuf, handle: crate::supervisor::Handle) -> Reloader {
-        Reloader {
-            path,
-            handle,
-            lock: Arc::default(),
-        }
-    }
-
-    /// Evaluates the config off the actor, then applies it or records the error.
-    pub async fn reload(&self) -> Result<DiffData, String> {
-        self.reload_files().await.map(|(diff, _)| diff)
-    }
-
-    /// Like [`Reloader::reload`], also returning the files the config read.
-    pub async fn reload_files(&self) -> Result<(DiffData, Vec<PathBuf>), String> {
-        let _one_at_a_time = self.lock.lock().await;
-        let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(Path::new(&path)))
-            .await
-            .map_err(|e| format!("config evaluation crashed: {e}"))?;
-        let result = match loaded {
-            Ok(loaded) => match self.handle.apply(loaded.config, loaded.hooks).await {
-                Some(diff) => {
-                    crate::log!(
-                        "reload: ok (added {:?}, removed {:?}, changed {:?}, unchanged {:?})",
-                        diff.added,
-                        diff.removed,
-                        diff.changed,
-                        diff.unchanged
-                    );
-                    Ok((diff, loaded.files))
-                }
-                None => Err("the daemon is shutting down".to_string()),
-            },
-            Err(e) => {
-                let error = e.to_string();
-                crate::log!("reload: failed, keeping the running config: {error}");
-                self.handle.config_failed(error.clone()).await;
-                Err(error)
-            }
-        };
-        self.handle.publish(Event::Reload(ReloadEvent {
-            ok: result.is_ok(),
-            error: result.as_ref().err().cloned(),
-            diff: result.as_ref().ok().map(|(d, _)| d.clone()),
-        }));
-        result
-    }
 }

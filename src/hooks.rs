@@ -28,7 +28,19 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
 use crate::config::lua::{arm_budget, error_text, Budget, HookState, HANDLERS_KEY, MODULE_KEY};
 use crate::process;
 use crate::protocol::Event;
-use crate::supervisor::{Control, Handle};
+use crate::supervisor::{Control, Handle, Observer};
+
+impl Observer for HookQueue {
+    fn wants_events(&self) -> bool {
+        self.is_active()
+    }
+    fn events(&self, batch: &mut Vec<Event>) {
+        self.push_events(batch);
+    }
+    fn swap_hooks(&self, hooks: Option<HookState>) {
+        self.replace(hooks);
+    }
+}
 
 /// Pending events kept before the oldest are dropped.
 pub const QUEUE_CAP: usize = 4096;
@@ -211,7 +223,7 @@ impl Host {
         let tm: Table = lua.named_registry_value(MODULE_KEY)?;
         tm.set(
             "exec",
-            lua.create_function(|_, cmd: String| Ok(process::exec_logged(&cmd).ok()))?,
+            lua.create_function(|_, cmd: String| Ok(process::exec::exec_logged(&cmd).ok()))?,
         )?;
         for (name, action) in [
             ("start", Control::Start),

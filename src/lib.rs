@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod log;
 pub mod process;
 pub mod protocol;
+pub mod reloader;
 pub mod server;
 pub mod supervisor;
 pub mod watcher;

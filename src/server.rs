@@ -31,8 +31,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::daemon::Reloader;
 use crate::protocol::{Reply, Request, MAX_FRAME};
+use crate::reloader::Reloader;
 use crate::supervisor::{Control, Handle};
 
 /// How long a client may take to complete the WebSocket handshake.

@@ -22,7 +22,7 @@ use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::daemon::Reloader;
+use crate::reloader::Reloader;
 
 /// Quiet time after the last save before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);

@@ -11,6 +11,7 @@
 //! settle: each request becomes a [`Waiter`] that is answered from the
 //! transition stream when every instance it names reached its goal.
 
+pub mod observer;
 pub mod reload;
 pub mod state;
 
@@ -25,12 +26,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::lua::HookState;
 use crate::config::{Config, Service};
-use crate::hooks::HookQueue;
 use crate::process;
 use crate::protocol::{
     ActionResult, ConfigInfo, DiffData, Event as WireEvent, InstanceInfo, StatusData,
     TransitionEvent,
 };
+pub use observer::Observer;
 use state::{Action, Event, Exit, Proc, Refusal, State};
 
 /// A service name shared by its instances.
@@ -90,7 +91,7 @@ pub enum Request {
 pub struct Handle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WireEvent>,
-    hooks: HookQueue,
+    observer: Arc<dyn Observer>,
 }
 
 impl Handle {
@@ -167,7 +168,9 @@ impl Handle {
 
     /// Publishes an event to subscribers and hooks (used for reload results).
     pub fn publish(&self, event: WireEvent) {
-        self.hooks.push_event(&event);
+        if self.observer.wants_events() {
+            self.observer.events(&mut vec![event.clone()]);
+        }
         let _ = self.events.send(event);
     }
 }
@@ -253,8 +256,6 @@ pub struct Supervisor {
     pids: HashMap<u32, Key>,
     /// STOPPING instances whose leader is gone but whose group may live on.
     draining: BTreeSet<Key>,
-    /// Process groups whose leader exited while other members lived on.
-    lingering: BTreeSet<u32>,
     /// Pending `start`/`stop`/`restart` requests.
     waiters: Vec<Waiter>,
     /// Id of the next waiter.
@@ -265,8 +266,8 @@ pub struct Supervisor {
     config_info: ConfigInfo,
     /// Subscribers.
     events: broadcast::Sender<WireEvent>,
-    /// The hook host's queue.
-    hooks: HookQueue,
+    /// The hook host (or whoever listens).
+    observer: Arc<dyn Observer>,
     /// Events for the hooks not yet queued (flushed once per wake-up).
     hook_batch: Vec<WireEvent>,
     /// Answered once everything is stopped after a shutdown request.
@@ -285,7 +286,7 @@ impl Supervisor {
     pub fn new(
         config: Config,
         path: PathBuf,
-        hooks: HookQueue,
+        observer: Arc<dyn Observer>,
     ) -> (Supervisor, Handle, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -294,7 +295,6 @@ impl Supervisor {
             instances: BTreeMap::new(),
             pids: HashMap::new(),
             draining: BTreeSet::new(),
-            lingering: BTreeSet::new(),
             waiters: Vec::new(),
             next_waiter: 0,
             pending: VecDeque::new(),
@@ -304,14 +304,22 @@ impl Supervisor {
                 error: None,
             },
             events: events.clone(),
-            hooks: hooks.clone(),
+            observer: observer.clone(),
             hook_batch: Vec::new(),
             shutdown: Vec::new(),
         };
         for (name, svc) in config.services {
             sup.add_service(name.into(), svc);
         }
-        (sup, Handle { tx, events, hooks }, rx)
+        (
+            sup,
+            Handle {
+                tx,
+                events,
+                observer,
+            },
+            rx,
+        )
     }
 
     fn add_service(&mut self, name: Name, config: Service) {
@@ -394,46 +402,19 @@ impl Supervisor {
     }
 
     async fn on_sigchld(&mut self) {
-        let mut strangers = false;
         for (pid, exit) in process::reap() {
+            // Others are tm.exec children or orphaned grandchildren, whose
+            // groups `process` keeps track of.
             let Some(key) = self.pids.remove(&pid) else {
-                // A tm.exec child (a group leader the guard knows) or an
-                // orphaned grandchild (whose group is usually not its own).
-                strangers = true;
-                if process::group_alive(pid) {
-                    self.lingering.insert(pid);
-                } else {
-                    process::forget_group(pid);
-                }
                 continue;
             };
             let group_alive = process::group_alive(pid);
-            if group_alive {
-                // Members outlived their leader: the guard must keep the
-                // group until they are gone, and then forget it (its number
-                // may be handed out again).
-                self.lingering.insert(pid);
-            } else {
-                process::forget_group(pid);
-            }
             let _ = self.apply(&key, Event::Exited { exit, group_alive }).await;
-        }
-        if strangers {
-            self.lingering.retain(|g| {
-                let alive = process::group_alive(*g);
-                if !alive {
-                    process::forget_group(*g);
-                }
-                alive
-            });
         }
         let draining: Vec<Key> = self.draining.iter().cloned().collect();
         for key in draining {
             let pgid = self.instances.get(&key).and_then(|i| i.proc.pgid);
-            if pgid.is_none_or(|g| !process::group_alive(g)) {
-                if let Some(g) = pgid {
-                    process::forget_group(g);
-                }
+            if pgid.is_none_or(|g| !process::forget_if_empty(g)) {
                 let _ = self.apply(&key, Event::GroupGone).await;
             }
         }
@@ -449,10 +430,7 @@ impl Supervisor {
             .collect();
         for key in due {
             let pgid = self.instances[&key].proc.pgid;
-            let group_alive = pgid.is_some_and(process::group_alive);
-            if let (Some(g), false) = (pgid, group_alive) {
-                process::forget_group(g);
-            }
+            let group_alive = pgid.is_some_and(process::forget_if_empty);
             let _ = self.apply(&key, Event::Deadline { group_alive }).await;
         }
     }
@@ -474,7 +452,7 @@ impl Supervisor {
             } => {
                 // Events from here on belong to the new config's hooks.
                 self.flush_hooks();
-                self.hooks.replace(hooks);
+                self.observer.swap_hooks(hooks);
                 let diff = self.apply_config(config).await;
                 // Its transitions reach the hooks before the reload result does.
                 self.flush_hooks();
@@ -972,7 +950,7 @@ impl Supervisor {
             expected,
             time: unix_now(),
         });
-        if self.hooks.is_active() {
+        if self.observer.wants_events() {
             self.hook_batch.push(event.clone());
         }
         let _ = self.events.send(event);
@@ -981,7 +959,7 @@ impl Supervisor {
     /// Hands the events gathered since the last flush to the hook host.
     fn flush_hooks(&mut self) {
         if !self.hook_batch.is_empty() {
-            self.hooks.push_events(&mut self.hook_batch);
+            self.observer.events(&mut self.hook_batch);
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{AutoRestart, Policy};
+pub use crate::process::Exit;
 
 /// Process states, as supervisord names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,25 +44,6 @@ impl State {
             State::Stopping => "STOPPING",
             State::Exited => "EXITED",
             State::Fatal => "FATAL",
-        }
-    }
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Normal exit with a status code.
-    Code(i32),
-    /// Killed by a signal.
-    Signal(Signal),
-}
-
-impl Exit {
-    /// `exit status 1` / `killed by SIGKILL`.
-    pub fn describe(self) -> String {
-        match self {
-            Exit::Code(c) => format!("exit status {c}"),
-            Exit::Signal(s) => format!("killed by {}", s.as_str()),
         }
     }
 }
