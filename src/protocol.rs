@@ -242,6 +242,12 @@ pub struct TransitionEvent {
     pub expected: Option<bool>,
     /// Unix seconds.
     pub time: f64,
+    /// The instance's status text after the change (as in INSTANCE).
+    #[serde(default)]
+    pub description: String,
+    /// The instance's automatic restarts after the change.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// The result of one reload attempt, as pushed to subscribers and hooks.

@@ -949,6 +949,8 @@ impl Supervisor {
             signal,
             expected,
             time: unix_now(),
+            description: p.describe(Instant::now()),
+            restarts: p.restarts,
         });
         if self.observer.wants_events() {
             self.hook_batch.push(event.clone());
