@@ -123,6 +123,17 @@ pub struct Step {
     pub changes: Vec<(State, State)>,
 }
 
+/// What an instance does once the group of its dead leader is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDrain {
+    /// Nothing (EXITED or FATAL stays, a stop came meanwhile).
+    Stay,
+    /// Spawn again (an automatic restart, or a start asked meanwhile).
+    Start,
+    /// Arm the back-off delay before the next retry (BACKOFF).
+    Retry,
+}
+
 /// How often a stop re-checks a process group that outlived its SIGKILL.
 pub const KILL_RECHECK: Duration = Duration::from_millis(100);
 
@@ -151,6 +162,9 @@ pub struct Proc {
     pub deadline: Option<Instant>,
     /// Whether a process was ever spawned.
     pub ever_started: bool,
+    /// The leader exited while its group lived on: the group is being
+    /// emptied (stopsignal, SIGKILL after stoptime), then this happens.
+    pub drain: Option<AfterDrain>,
 }
 
 impl Default for Proc {
@@ -167,6 +181,7 @@ impl Default for Proc {
             reason: None,
             deadline: None,
             ever_started: false,
+            drain: None,
         }
     }
 }
@@ -175,6 +190,41 @@ impl Proc {
     /// Applies one event at time `now`.
     pub fn handle(&mut self, policy: &Policy, event: Event, now: Instant) -> Result<Step, Refusal> {
         let mut step = Step::default();
+        if let Some(after) = self.drain {
+            match event {
+                Event::Start if self.state != State::Stopping => {
+                    self.retries = 0;
+                    self.restarts = 0;
+                    self.reason = None;
+                    self.drain = Some(AfterDrain::Start);
+                    return Ok(step);
+                }
+                Event::Stop => {
+                    return match (self.state, after) {
+                        (State::Backoff, _) | (State::Exited, AfterDrain::Start) => {
+                            self.drain = Some(AfterDrain::Stay);
+                            self.go(State::Stopped, &mut step);
+                            Ok(step)
+                        }
+                        _ => Err(Refusal::NotRunning),
+                    };
+                }
+                Event::Deadline { group_alive } if self.deadline.is_some() => {
+                    if group_alive {
+                        step.actions.push(Action::Kill);
+                        self.deadline = Some(now + KILL_RECHECK);
+                    } else {
+                        self.drained(after, now, &mut step);
+                    }
+                    return Ok(step);
+                }
+                Event::GroupGone => {
+                    self.drained(after, now, &mut step);
+                    return Ok(step);
+                }
+                _ => {}
+            }
+        }
         match (self.state, event) {
             (State::Running | State::Starting, Event::Start) => {
                 return Err(Refusal::AlreadyStarted)
@@ -217,12 +267,23 @@ impl Proc {
                 self.failed_start(policy, now, &mut step);
             }
 
-            (State::Starting, Event::Exited { exit, .. }) => {
+            (State::Starting, Event::Exited { exit, group_alive }) => {
+                let group = self.pgid;
                 self.gone(exit);
                 self.reason = Some(format!("exited too quickly ({})", exit.describe()));
                 self.failed_start(policy, now, &mut step);
+                if group_alive {
+                    // Retry only once the group is empty; the delay counts from then.
+                    let after = if self.state == State::Backoff {
+                        AfterDrain::Retry
+                    } else {
+                        AfterDrain::Stay
+                    };
+                    self.begin_drain(policy, group, after, now, &mut step);
+                }
             }
-            (State::Running, Event::Exited { exit, .. }) => {
+            (State::Running, Event::Exited { exit, group_alive }) => {
+                let group = self.pgid;
                 self.gone(exit);
                 let expected = matches!(exit, Exit::Code(c) if policy.exitcodes.contains(&c));
                 self.expected = Some(expected);
@@ -235,6 +296,15 @@ impl Proc {
                 if restart {
                     self.restarts += 1;
                     self.retries = 0;
+                }
+                if group_alive {
+                    let after = if restart {
+                        AfterDrain::Start
+                    } else {
+                        AfterDrain::Stay
+                    };
+                    self.begin_drain(policy, group, after, now, &mut step);
+                } else if restart {
                     self.begin_start(&mut step);
                 }
             }
@@ -280,6 +350,36 @@ impl Proc {
     fn go(&mut self, to: State, step: &mut Step) {
         step.changes.push((self.state, to));
         self.state = to;
+    }
+
+    /// The leader is gone but its group lives on (SPEC §17): the rest gets
+    /// the stopsignal now and SIGKILL after stoptime; `after` waits.
+    fn begin_drain(
+        &mut self,
+        policy: &Policy,
+        group: Option<u32>,
+        after: AfterDrain,
+        now: Instant,
+        step: &mut Step,
+    ) {
+        self.drain = Some(after);
+        self.pgid = group;
+        self.deadline = Some(now + policy.stoptime);
+        step.actions.push(Action::Signal(policy.stopsignal));
+    }
+
+    /// The dead leader's group is empty: do what waited for it.
+    fn drained(&mut self, after: AfterDrain, now: Instant, step: &mut Step) {
+        self.drain = None;
+        self.pgid = None;
+        self.deadline = None;
+        match after {
+            AfterDrain::Stay => {}
+            AfterDrain::Start => self.begin_start(step),
+            AfterDrain::Retry => {
+                self.deadline = Some(now + Duration::from_secs(u64::from(self.retries)));
+            }
+        }
     }
 
     fn begin_start(&mut self, step: &mut Step) {

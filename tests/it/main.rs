@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod engine;
 mod faults;
+mod hardening;
 mod hooks;
 mod reload;
 mod server;

@@ -1,0 +1,1 @@
+//! Actor tests with a fake spawner under paused time.
