@@ -3,12 +3,17 @@
 //! Start-up loads and validates the config before anything is spawned; a
 //! bad config is an error and the process exits non-zero with nothing
 //! running. SIGTERM/SIGINT stop every instance with its own stopsignal and
-//! stoptime, then the daemon exits 0; SIGHUP reloads.
+//! stoptime, then the daemon exits 0; SIGHUP reloads (on a task of its own,
+//! so a slow config never holds up a SIGTERM). A supervisor that panics
+//! makes the daemon exit non-zero.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{self, ConfigError};
 use crate::hooks::HookQueue;
@@ -91,20 +96,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), Arc::new(hooks.clone()));
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
-    let actor = tokio::spawn(sup.run(rx));
+    let mut actor = tokio::spawn(sup.run(rx));
 
+    // Two-phase shutdown: `cancel` tells every task to finish; `tasks` is
+    // then waited for (bounded), so nothing is cut off mid-way by accident.
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let reloader = Reloader::new(opts.config.clone(), handle.clone());
-    let watcher = match crate::watcher::ConfigWatcher::start(&loaded.files) {
-        Ok((w, changes)) => Some(tokio::spawn(crate::watcher::run(
-            w,
-            changes,
-            reloader.clone(),
-        ))),
-        Err(e) => {
-            crate::log!("warning: cannot watch the config for changes: {e}");
-            None
+    match crate::watcher::ConfigWatcher::start(&loaded.files) {
+        Ok((w, changes)) => {
+            let watch = crate::watcher::run(w, changes, reloader.clone());
+            tasks.spawn(until_cancelled(cancel.clone(), watch));
         }
-    };
+        Err(e) => crate::log!("warning: cannot watch the config for changes: {e}"),
+    }
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);
     let ctx = server::Context {
         handle: handle.clone(),
@@ -117,8 +122,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     crate::log!("listening on ws://{addr}/");
-    let server = tokio::spawn(server::serve(listener, ctx));
-    let shutdown = async {
+    tasks.spawn(until_cancelled(
+        cancel.clone(),
+        server::serve(listener, ctx),
+    ));
+    let signals = async {
         loop {
             tokio::select! {
                 _ = shutdown_rx.recv() => { crate::log!("shutdown requested by a client"); break }
@@ -126,28 +134,55 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 _ = int.recv() => { crate::log!("received SIGINT: shutting down"); break }
                 _ = hup.recv() => {
                     crate::log!("received SIGHUP: reloading");
-                    reloader.reload().await.ok();
+                    // On a task of its own: a slow config must not hold up
+                    // the next signal (a SIGTERM right after, say).
+                    let r = reloader.clone();
+                    tasks.spawn(until_cancelled(cancel.clone(), async move {
+                        r.reload().await.ok();
+                    }));
                 }
             }
         }
-        handle.shutdown().await;
     };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = wait_actor(actor) => {}
-    }
-    server.abort();
-    if let Some(w) = watcher {
-        w.abort();
+    let ended = tokio::select! {
+        _ = signals => None,
+        res = &mut actor => Some(res),
+    };
+    // Phase one: every task is told to stop; the supervisor stops every
+    // instance (each with its stopsignal and stoptime).
+    cancel.cancel();
+    let ended = match ended {
+        Some(res) => res,
+        None => {
+            handle.shutdown().await;
+            actor.await
+        }
+    };
+    // Phase two: wait for the tasks (bounded: a config evaluation stuck in
+    // Lua is abandoned with the runtime).
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        crate::log!("warning: some tasks did not finish in time");
     }
     hooks.close();
-    crate::log!("taskmasterd stopped");
+    if let Err(e) = ended {
+        return Err(DaemonError::Io(format!("the supervisor crashed: {e}")));
+    }
+    crate::log!(
+        "taskmasterd stopped ({} process groups left to the guard)",
+        process::marked_groups()
+    );
     Ok(())
 }
 
-async fn wait_actor(actor: tokio::task::JoinHandle<()>) {
-    if let Err(e) = actor.await {
-        crate::log!("supervisor task ended abnormally: {e}");
+/// Runs `task` until it ends or `cancel` fires.
+async fn until_cancelled(cancel: CancellationToken, task: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = task => {}
+        _ = cancel.cancelled() => {}
     }
 }
 

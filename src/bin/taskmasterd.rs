@@ -59,7 +59,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(daemon::run(opts)) {
+    let result = runtime.block_on(daemon::run(opts));
+    // A config evaluation still running on a blocking thread (a slow reload
+    // cut short by SIGTERM) is abandoned rather than waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             taskmaster::log!("taskmasterd: {e}");

@@ -93,9 +93,12 @@ mod tests {
         .map_err(|e| format!("{}: {}", e.code, e.message))
     }
 
+    /// Names asked, then the instances or the error expected.
+    type Row<'a> = (&'a [&'a str], Result<&'a [&'a str], &'a str>);
+
     #[test]
     fn names_resolve_in_request_order_without_duplicates() {
-        let rows: &[(&[&str], Result<&[&str], &str>)] = &[
+        let rows: &[Row] = &[
             (&["web"], Ok(&["web:0", "web:1"])),
             (&["web:1", "api"], Ok(&["web:1", "api:0"])),
             (&["web:1", "web"], Ok(&["web:1", "web:0"])),

@@ -1,1 +1,267 @@
-//! Actor tests with a fake spawner under paused time.
+//! The actor's reload and waiter logic without processes: a fake
+//! [`Spawner`] (pids are numbers, exits are queued by the test, a "stubborn"
+//! process ignores the stop signal) under paused tokio time, so stoptime
+//! and back-off delays pass instantly and deterministically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::observer::NoObserver;
+use super::state::{Exit, State};
+use super::{Control, Key, Spawner, Supervisor};
+use crate::config::{validate, Config, SpawnSpec};
+
+/// The fake machine the actor runs on.
+#[derive(Default)]
+struct World {
+    next_pid: u32,
+    /// Live process groups: pgid -> live members (the leader counts).
+    groups: BTreeMap<u32, u32>,
+    /// Leaders still alive.
+    leaders: BTreeSet<u32>,
+    /// Commands (by pgid) whose processes ignore the stop signal.
+    stubborn: BTreeSet<u32>,
+    /// Commands that ignore SIGTERM, by `cmd` text.
+    stubborn_cmds: BTreeSet<String>,
+    /// Exits not reaped yet.
+    exited: Vec<(u32, Exit)>,
+    /// Every signal sent: (pgid, signal).
+    signals: Vec<(u32, Signal)>,
+    /// Every spawn: (pid, cmd).
+    spawns: Vec<(u32, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<World>>);
+
+impl Fake {
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.0.lock().expect("world")
+    }
+    /// The leader of group `pid` exits with `exit` (members stay).
+    fn exit(&self, pid: u32, exit: Exit) {
+        let mut w = self.world();
+        if w.leaders.remove(&pid) {
+            w.exited.push((pid, exit));
+            if let Some(n) = w.groups.get_mut(&pid) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+impl Spawner for Fake {
+    fn spawn(&mut self, spec: &SpawnSpec, _: &str, _: u32) -> Result<u32, String> {
+        let mut w = self.world();
+        w.next_pid += 1;
+        let pid = 1000 + w.next_pid;
+        w.groups.insert(pid, 1);
+        w.leaders.insert(pid);
+        if w.stubborn_cmds.contains(&spec.cmd) {
+            w.stubborn.insert(pid);
+        }
+        w.spawns.push((pid, spec.cmd.clone()));
+        Ok(pid)
+    }
+    fn signal(&mut self, pgid: u32, sig: Signal) {
+        let mut w = self.world();
+        w.signals.push((pgid, sig));
+        let dies = sig == Signal::SIGKILL || !w.stubborn.contains(&pgid);
+        if dies && w.groups.remove(&pgid).is_some() && w.leaders.remove(&pgid) {
+            w.exited.push((pgid, Exit::Signal(sig)));
+        }
+    }
+    fn group_alive(&mut self, pgid: u32) -> bool {
+        let mut w = self.world();
+        let alive = w.groups.get(&pgid).is_some_and(|n| *n > 0);
+        if !alive {
+            w.groups.remove(&pgid);
+        }
+        alive
+    }
+    fn reap(&mut self) -> Vec<(u32, Exit)> {
+        std::mem::take(&mut self.world().exited)
+    }
+}
+
+fn config(services: Value) -> Config {
+    validate(&json!({ "services": services }), Path::new("/tmp")).expect("valid config")
+}
+
+fn stubborn(extra: Value) -> Value {
+    let mut v = json!({ "cmd": "stubborn", "starttime": 0, "stoptime": 1 });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
+
+fn actor(services: Value) -> (Supervisor, Fake) {
+    let fake = Fake::default();
+    fake.world().stubborn_cmds.insert("stubborn".into());
+    let (sup, _, _) = Supervisor::with_spawner(
+        config(services),
+        PathBuf::from("/tmp/taskmaster.lua"),
+        Arc::new(NoObserver),
+        Box::new(fake.clone()),
+    );
+    (sup, fake)
+}
+
+fn key(s: &str, i: u32) -> Key {
+    (Arc::from(s), i)
+}
+
+impl Supervisor {
+    /// Works off everything queued and reaps what the fake world reports,
+    /// as the run loop would.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            self.work_pending();
+            self.on_sigchld();
+            if self.pending.is_empty() {
+                break;
+            }
+        }
+    }
+    /// Lets `d` pass and fires what is due.
+    async fn pass(&mut self, d: Duration) {
+        tokio::time::advance(d).await;
+        self.on_deadlines();
+        self.settle();
+    }
+    fn state(&self, k: &Key) -> (State, Option<u32>) {
+        let p = &self.instances[k].proc;
+        (p.state, p.pid)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn readding_a_stopping_service_revives_its_record_and_kills_the_old_process() {
+    let (mut sup, fake) = actor(json!({ "a": stubborn(json!({})) }));
+    sup.queue_autostarts();
+    sup.settle();
+    let (state, old) = sup.state(&key("a", 0));
+    assert_eq!(state, State::Running);
+    let old = old.expect("pid");
+
+    sup.apply_config(config(json!({})));
+    assert_eq!(sup.state(&key("a", 0)), (State::Stopping, Some(old)));
+    sup.apply_config(config(json!({ "a": stubborn(json!({})) })));
+    sup.settle();
+    // Still the old record, still stopping: nothing new spawned yet.
+    assert_eq!(sup.state(&key("a", 0)), (State::Stopping, Some(old)));
+    assert_eq!(fake.world().spawns.len(), 1);
+
+    // stoptime passes: SIGKILL, the exit is the old record's, then it starts.
+    sup.pass(Duration::from_secs(1)).await;
+    assert!(fake.world().signals.contains(&(old, Signal::SIGKILL)));
+    let (state, new) = sup.state(&key("a", 0));
+    assert_eq!(state, State::Running);
+    assert_ne!(new, Some(old));
+    assert_eq!(fake.world().spawns.len(), 2);
+    assert_eq!(sup.instances.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_without_readding_drops_the_record_once_its_group_is_gone() {
+    let (mut sup, fake) =
+        actor(json!({ "a": stubborn(json!({})), "b": { "cmd": "b", "starttime": 0 } }));
+    sup.queue_autostarts();
+    sup.settle();
+    sup.apply_config(config(json!({ "b": { "cmd": "b", "starttime": 0 } })));
+    assert!(
+        sup.instances.contains_key(&key("a", 0)),
+        "kept while stopping"
+    );
+    assert!(
+        sup.resolve(&["a".into()], &|_| true).is_err(),
+        "but not addressable"
+    );
+    sup.pass(Duration::from_secs(1)).await;
+    assert!(!sup.instances.contains_key(&key("a", 0)));
+    assert!(!sup.services.contains_key("a"));
+    assert_eq!(fake.world().spawns.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn numprocs_down_then_up_while_stopping_restarts_once_stopped() {
+    let two = json!({ "a": stubborn(json!({ "numprocs": 2 })) });
+    let (mut sup, _fake) = actor(two.clone());
+    sup.queue_autostarts();
+    sup.settle();
+    let old = sup.state(&key("a", 1)).1;
+    sup.apply_config(config(json!({ "a": stubborn(json!({ "numprocs": 1 })) })));
+    assert_eq!(sup.state(&key("a", 1)).0, State::Stopping);
+    sup.apply_config(config(two));
+    sup.settle();
+    assert_eq!(sup.state(&key("a", 1)).0, State::Stopping);
+    sup.pass(Duration::from_secs(1)).await;
+    let (state, pid) = sup.state(&key("a", 1));
+    assert_eq!(state, State::Running);
+    assert_ne!(pid, old);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_leaders_group_is_emptied_before_the_restart() {
+    let (mut sup, fake) = actor(json!({
+        "a": { "cmd": "stubborn", "starttime": 0, "stoptime": 2, "autorestart": "always" }
+    }));
+    sup.queue_autostarts();
+    sup.settle();
+    let leader = sup.state(&key("a", 0)).1.expect("pid");
+    // A member outlives the leader.
+    *fake.world().groups.get_mut(&leader).expect("group") += 1;
+    fake.exit(leader, Exit::Code(1));
+    sup.settle();
+    assert_eq!(sup.state(&key("a", 0)), (State::Exited, None));
+    assert!(fake.world().signals.contains(&(leader, Signal::SIGTERM)));
+    assert_eq!(
+        fake.world().spawns.len(),
+        1,
+        "no restart while the group lives"
+    );
+    sup.pass(Duration::from_secs(2)).await;
+    assert!(fake.world().signals.contains(&(leader, Signal::SIGKILL)));
+    // The group is empty now: the restart happens.
+    sup.pass(super::state::KILL_RECHECK).await;
+    assert_eq!(sup.state(&key("a", 0)).0, State::Running);
+    assert_eq!(sup.instances[&key("a", 0)].proc.restarts, 1);
+    assert_eq!(fake.world().spawns.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_settle_when_the_instances_do_and_all_skips_what_does_not_apply() {
+    let (mut sup, _fake) = actor(json!({
+        "a": stubborn(json!({})),
+        "idle": { "cmd": "idle", "autostart": false },
+    }));
+    sup.queue_autostarts();
+    sup.settle();
+    let (tx, mut rx) = oneshot::channel();
+    sup.control(Control::Stop, vec!["all".into()], tx);
+    sup.settle();
+    assert!(rx.try_recv().is_err(), "a is still stopping");
+    sup.pass(Duration::from_secs(1)).await;
+    let results = rx.try_recv().expect("answered").expect("ok");
+    let names: Vec<_> = results.iter().map(|r| (r.name.as_str(), r.ok)).collect();
+    assert_eq!(names, [("a:0", true)]);
+
+    let (tx, mut rx) = oneshot::channel();
+    sup.control(Control::Start, vec!["idle".into(), "a".into()], tx);
+    sup.settle();
+    assert!(rx.try_recv().is_err(), "idle is STARTING for its starttime");
+    sup.pass(Duration::from_secs(1)).await;
+    let results = rx.try_recv().expect("answered").expect("ok");
+    assert!(results.iter().all(|r| r.ok), "{results:?}");
+    let (tx, mut rx) = oneshot::channel();
+    sup.control(Control::Start, vec!["all".into()], tx);
+    sup.settle();
+    assert_eq!(rx.try_recv().expect("answered").expect("ok"), vec![]);
+}

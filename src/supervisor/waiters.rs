@@ -178,9 +178,11 @@ mod tests {
 
     /// (goal, the states the instance goes through, expected (ok, message)
     /// or None when the waiter must still be pending).
+    type Row<'a> = (Goal, &'a [State], Option<(bool, &'a str)>);
+
     #[test]
     fn goals_settle_on_the_right_states() {
-        let rows: &[(Goal, &[State], Option<(bool, &str)>)] = &[
+        let rows: &[Row] = &[
             (Goal::Started, &[Starting, Running], Some((true, "started"))),
             (Goal::Started, &[Starting], None),
             (Goal::Started, &[Starting, Backoff, Starting], None),

@@ -161,7 +161,9 @@ return { services = { crash = { cmd = "false", autorestart = "always", starttime
         s[0]["restarts"].as_u64().unwrap_or(0) >= 300
     });
     d.ok("stop", &["crash"]);
-    wait_file(&dir.join("stopped"), secs(10), |_| true);
+    eventually("the hooks to catch up", secs(30), || {
+        dir.join("stopped").exists()
+    });
     let daemon = d.pid();
     // Only the guard is left as the daemon's child once the exec'd
     // commands are done and reaped.
@@ -194,7 +196,7 @@ return { services = { a = { cmd = "sleep 2007", starttime = 0 } } }
     )
     .unwrap();
     let mut d = Daemon::adopt(dir.clone());
-    wait_file(&dir.join("forked"), secs(10), |_| true);
+    eventually("the exec", secs(10), || dir.join("forked").exists());
     eventually("the leftover", secs(5), || {
         count_cmdline("sleep 2006").len() == 1
     });
