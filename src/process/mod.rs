@@ -224,13 +224,16 @@ fn open_output(path: &Option<PathBuf>, which: &str) -> Result<Stdio, String> {
 }
 
 /// Why a folder could not be created, in words: `File exists` alone does
-/// not say that a regular file sits where a folder is needed.
+/// not say that a file sits where a folder is needed.
 fn folder_error(dir: &Path, e: &io::Error) -> String {
     if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTDIR) {
         let mut probe = Some(dir);
         while let Some(p) = probe {
             if p.is_file() {
                 return format!("{} is a file, not a folder", p.display());
+            }
+            if p.exists() && !p.is_dir() {
+                return format!("{} exists and is not a folder", p.display());
             }
             probe = p.parent();
         }

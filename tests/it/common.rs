@@ -450,13 +450,16 @@ pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// Polls (bounded) until `cond` holds for the file's text; returns it.
-/// For output written by hooks and children, which send no daemon event.
+/// Polls (bounded) until the file exists and `cond` holds for its text;
+/// returns it. For output written by hooks and children, which send no
+/// daemon event.
 pub fn wait_file(path: &Path, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + timeout;
     loop {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        if cond(&text) {
+        let text = fs::read_to_string(path);
+        let exists = text.is_ok();
+        let text = text.unwrap_or_default();
+        if exists && cond(&text) {
             return text;
         }
         assert!(

@@ -305,7 +305,8 @@ fn spawn_failures_end_fatal_with_the_reason_and_others_keep_running() {
         by("nocmd:0")
     );
     assert!(
-        by("noout:0").contains("cannot create folder /dev/null/cannot"),
+        by("noout:0").contains("cannot create the folder of stdout file /dev/null/cannot/be")
+            && by("noout:0").contains("/dev/null exists and is not a folder"),
         "{}",
         by("noout:0")
     );
@@ -357,16 +358,55 @@ fn sigterm_stops_everything_and_exits_zero() {
 
 #[test]
 fn no_zombies_after_many_exits() {
+    // Positive control: `zombie_children` does see a zombie (an unreaped
+    // child of this test process).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let me = std::process::id();
+    let deadline = std::time::Instant::now() + secs(5);
+    while !zombie_children(me).contains(&child.id()) {
+        assert!(std::time::Instant::now() < deadline, "no zombie seen");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.wait().unwrap();
+    // Each instance leaves an orphaned grandchild, in a session of its own
+    // (so the group drain of a dead leader does not kill it), that exits
+    // after its parent: the daemon (a subreaper) must reap those too, not
+    // only the exits that EXITED reports.
     let mut d = Daemon::start(
         "zombies",
-        &one("true", "numprocs = 5, starttime = 0, autorestart = 'never'"),
+        &one(
+            "setsid sh -c 'sleep 0.2; touch done.$TASKMASTER_INSTANCE' & exit 0",
+            "numprocs = 5, starttime = 0, autorestart = 'never'",
+        ),
     );
     d.wait_all("EXITED", secs(10));
-    assert!(
-        zombie_children(d.pid()).is_empty(),
-        "{:?}",
-        zombie_children(d.pid())
-    );
+    for i in 0..5 {
+        wait_file(&d.dir.join(format!("done.{i}")), secs(10), |_| true);
+    }
+    let deadline = std::time::Instant::now() + secs(5);
+    loop {
+        let children: Vec<_> = processes()
+            .into_iter()
+            .filter(|p| p.ppid == d.pid())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim() != "tm-group-guard")
+            })
+            .collect();
+        if children.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left: {:?}",
+            children
+                .iter()
+                .map(|p| (p.pid, p.state))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(zombie_children(d.pid()).is_empty());
 }
 
 #[test]
