@@ -5,5 +5,6 @@ mod common;
 mod engine;
 mod faults;
 mod hooks;
+mod logging;
 mod reload;
 mod server;
