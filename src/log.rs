@@ -14,8 +14,12 @@
 //! times never go backwards within a sink); it is held only for `try_send`.
 //! The writer writes each line with a single `write_all` of the whole line,
 //! and is the only writer of its sink, so lines are never torn.
+//!
+//! Every message is made exactly one line ([`escape`]): text from a client
+//! or a hook could otherwise forge a line of its own.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -168,11 +172,14 @@ pub fn file_path() -> Option<PathBuf> {
     lock(&SINKS).file.as_ref().map(|(p, _)| p.clone())
 }
 
-/// Writes one timestamped line; never blocks on a sink.
+/// Writes one timestamped line (escaped to stay one line); never blocks on
+/// a sink.
 pub fn line(args: fmt::Arguments<'_>) {
+    let message = fmt::format(args);
+    let message = escape(&message);
     let mut sinks = lock(&SINKS);
     let stamp = humantime::format_rfc3339_millis(SystemTime::now());
-    let text: Line = format!("{stamp} {args}\n").into();
+    let text: Line = format!("{stamp} {message}\n").into();
     if !sinks.stderr_tried {
         sinks.stderr_tried = true;
         sinks.stderr = Sink::spawn("stderr", std::io::stderr());
@@ -217,6 +224,30 @@ pub fn flush(timeout: Duration) -> bool {
     all
 }
 
+/// Makes `text` one line that shows what it held: `\n` and `\r` become
+/// `\\n` and `\\r`, other C0 controls and DEL `\\xNN`; tabs and valid
+/// non-ASCII text stay as they are.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    fn needs(b: u8) -> bool {
+        (b < 0x20 && b != b'\t') || b == 0x7f
+    }
+    if !text.bytes().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii() && needs(c as u8) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `log!("spawned: '{}' with pid {}", name, pid)`.
 #[macro_export]
 macro_rules! log {
@@ -227,6 +258,27 @@ macro_rules! log {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn escaping_keeps_a_message_on_one_line() {
+        for (text, want) in [
+            ("plain text", "plain text"),
+            ("a\nb", "a\\nb"),
+            ("a\r\nb", "a\\r\\nb"),
+            ("tab\tstays", "tab\tstays"),
+            ("nul\0bell\x07esc\x1b[31m", "nul\\x00bell\\x07esc\\x1b[31m"),
+            ("del\x7f", "del\\x7f"),
+            ("unit\x1fsep", "unit\\x1fsep"),
+            ("héllo → ✓ 日本", "héllo → ✓ 日本"),
+            ("é\nü", "é\\nü"),
+            ("", ""),
+            ("\n", "\\n"),
+            ("back\\slash", "back\\slash"),
+        ] {
+            assert_eq!(escape(text), want, "{text:?}");
+        }
+        assert!(matches!(escape("no controls"), Cow::Borrowed(_)));
+    }
 
     /// A sink whose writes wait until the test lets them through.
     struct Gate {

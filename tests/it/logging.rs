@@ -1,5 +1,6 @@
-//! The daemon log (SPEC §17): a sink that cannot take lines never holds up
-//! supervision, and dropped lines are counted once it drains.
+//! The daemon log (SPEC §2, §9, §17): a sink that cannot take lines never
+//! holds up supervision, dropped lines are counted once it drains, and text
+//! from a client or a hook can never start a line of its own.
 
 use std::fs;
 use std::io::{ErrorKind, Read};
@@ -192,4 +193,39 @@ fn a_stderr_pipe_nobody_reads_never_stops_supervision() {
     let stderr_text = reader.join().expect("reader thread");
     assert!(stderr_text.contains("dropped"), "stderr lacks the count");
     assert!(stderr_text.contains("taskmasterd stopped"));
+}
+
+/// What a forged line would start with (the daemon's own lines carry today).
+const FORGED: &str = "2026-01-01T00:00:00Z";
+
+#[test]
+fn client_and_hook_text_cannot_start_a_log_line() {
+    let lua = format!(
+        r#"local tm = require("taskmaster")
+tm.on("RUNNING", function(ev)
+  tm.log("hook says\n{FORGED} forged by a hook\r\n{FORGED} again\27[31m and\tDEL\127")
+end)
+return {{ services = {{ s = {{ cmd = "sleep 100", starttime = 0 }} }} }}"#
+    );
+    let mut d = Daemon::start("log-inject", &lua);
+    d.wait_state("s:0", "RUNNING", secs(10));
+    let reply = d.request("start", &[&format!("nosuch\n{FORGED} forged by a client")]);
+    assert_eq!(reply["ok"], false, "{reply}");
+    let path = d.dir.join("daemon.log");
+    // Positive control: both texts reached the log.
+    let log = wait_file(&path, secs(10), |t| {
+        t.contains("forged by a client") && t.contains("forged by a hook")
+    });
+    let forged: Vec<&str> = log.lines().filter(|l| l.starts_with(FORGED)).collect();
+    assert!(forged.is_empty(), "forged lines: {forged:#?}\n{log}");
+    assert!(
+        log.contains(&format!("start nosuch\\n{FORGED} forged by a client")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "lua: hook says\\n{FORGED} forged by a hook\\r\\n{FORGED} again\\x1b[31m and\tDEL\\x7f"
+        )),
+        "{log}"
+    );
 }
