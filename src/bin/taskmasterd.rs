@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use taskmaster::daemon::{self, Options};
+
+/// How long the log may take to write its queued lines at exit.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// The Taskmaster daemon: supervises the services of a Lua or JSON config.
 #[derive(Parser, Debug)]
@@ -63,11 +67,16 @@ fn main() -> ExitCode {
     // A config evaluation still running on a blocking thread (a slow reload
     // cut short by SIGTERM) is abandoned rather than waited for.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             taskmaster::log!("taskmasterd: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // Log lines are written by their own threads: give them a moment to
+    // write the last ones ("taskmasterd stopped"), but never wait on a sink
+    // that is stuck (a stderr pipe nobody reads).
+    taskmaster::log::flush(LOG_FLUSH);
+    code
 }

@@ -1,10 +1,12 @@
 //! One integration test binary (fast to link) with a module per area.
 
 mod cli;
+mod commands;
 mod common;
 mod engine;
 mod faults;
 mod hardening;
 mod hooks;
+mod logging;
 mod reload;
 mod server;
