@@ -5,7 +5,7 @@ use crate::protocol::ActionResult;
 
 use super::handle::{gone, Answer};
 use super::names::{self, Covers};
-use super::state::{Event, State};
+use super::state::{AfterDrain, Event, State};
 use super::waiters::Goal;
 use super::{CommandError, Control, Inst, Key, Pending, Supervisor, CHUNK};
 
@@ -14,9 +14,12 @@ use super::{CommandError, Control, Inst, Key, Pending, Supervisor, CHUNK};
 /// already STARTING/RUNNING, `restart all` every one.
 fn covered_by_all(action: Control) -> Covers<'static, Inst> {
     match action {
+        // An EXITED instance that restarts once its old group is empty is
+        // still live.
         Control::Stop => &|i: &Inst| {
             !matches!(i.proc.state, State::Stopped | State::Exited | State::Fatal)
                 || i.restart_pending
+                || i.proc.drain == Some(AfterDrain::Start)
         },
         Control::Start => &|i: &Inst| !matches!(i.proc.state, State::Starting | State::Running),
         Control::Restart => &|_: &Inst| true,

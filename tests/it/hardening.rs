@@ -126,7 +126,9 @@ fn a_dead_leader_leaves_no_group_behind() {
                 .as_u64()
                 .unwrap()
         };
-        if restarts("a:0") >= 20 && restarts("b:0") >= 2 {
+        // b's first member may die of the TERM before its trap is set; one
+        // SIGKILL after stoptime, then a restart, shows the ignored TERM.
+        if restarts("a:0") >= 20 && restarts("b:0") >= 3 && d.log().contains("killing: b:0") {
             break;
         }
         assert!(start.elapsed() < secs(20), "the loop stalled: {s:?}");
@@ -134,8 +136,6 @@ fn a_dead_leader_leaves_no_group_behind() {
     }
     assert!(max_a <= 1, "{max_a} leftover sleeps of a at once");
     assert!(max_b <= 1, "{max_b} leftover sleeps of b at once");
-    // A member that ignores TERM is SIGKILLed after stoptime, then restarted.
-    assert!(d.log().contains("killing: b:0"), "{}", d.log());
     d.ok("stop", &["all"]);
     eventually("no leftover", secs(5), || {
         count_cmdline("sleep 2004").is_empty() && count_cmdline("sleep 2005").is_empty()
