@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod hooks;
 pub mod log;
+pub mod output;
 pub mod process;
 pub mod protocol;
 pub mod reloader;

@@ -45,6 +45,33 @@ pub struct SpawnSpec {
     pub stdout: Option<PathBuf>,
     /// File that receives stderr (absolute), or discarded.
     pub stderr: Option<PathBuf>,
+    /// Rotation of the stdout file (SPEC §10).
+    pub stdout_rotation: Rotation,
+    /// Rotation of the stderr file.
+    pub stderr_rotation: Rotation,
+    /// stderr goes where stdout goes (same file, same rotation).
+    pub redirect_stderr: bool,
+    /// Prefix each output line in the files with an RFC 3339 UTC timestamp.
+    pub timestamps: bool,
+}
+
+/// Size-based rotation of one log file (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate when the file would grow past this many bytes; 0 = never.
+    pub maxbytes: u64,
+    /// Rotated files kept (`F.1` newest … `F.N`); 0 = start `F` afresh.
+    pub backups: u32,
+}
+
+impl Default for Rotation {
+    /// supervisord's defaults: 50 MB, 10 backups.
+    fn default() -> Self {
+        Rotation {
+            maxbytes: 50 * 1024 * 1024,
+            backups: 10,
+        }
+    }
 }
 
 /// How instances are supervised; a change here applies without a restart.
@@ -412,6 +439,10 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
         umask: None,
         stdout: None,
         stderr: None,
+        stdout_rotation: Rotation::default(),
+        stderr_rotation: Rotation::default(),
+        redirect_stderr: false,
+        timestamps: false,
     };
     let mut numprocs = 1;
 

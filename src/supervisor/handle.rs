@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 
+use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::lua::HookState;
 use crate::config::Config;
+use crate::output::{LogTarget, Stream};
 use crate::protocol::{ActionResult, DiffData, Event as WireEvent, StatusData};
 
 use super::Observer;
@@ -56,6 +58,19 @@ pub enum Request {
         hooks: Option<HookState>,
         reply: oneshot::Sender<DiffData>,
     },
+    /// Where the named instances' streams are logged (`names` empty: every
+    /// instance; `stream` None: both streams).
+    LogTargets {
+        names: Vec<String>,
+        stream: Option<Stream>,
+        reply: Answer<Vec<LogTarget>>,
+    },
+    /// Send a signal to the named instances' process groups.
+    Signal {
+        signal: Signal,
+        names: Vec<String>,
+        reply: Answer<Vec<ActionResult>>,
+    },
     /// Record a config that failed to load.
     ConfigFailed { error: String },
     /// Stop everything; answered when every process is gone.
@@ -92,6 +107,40 @@ impl Handle {
     ) -> Result<Vec<ActionResult>, CommandError> {
         self.ask(|reply| Request::Control {
             action,
+            names,
+            reply,
+        })
+        .await
+        .unwrap_or_else(gone)
+    }
+
+    /// Where the named instances' streams are logged, in status order
+    /// (`names` empty: every instance; `stream` None: stdout then stderr).
+    /// Unknown names are `unknown_name`.
+    pub async fn log_targets(
+        &self,
+        names: Vec<String>,
+        stream: Option<Stream>,
+    ) -> Result<Vec<LogTarget>, CommandError> {
+        self.ask(|reply| Request::LogTargets {
+            names,
+            stream,
+            reply,
+        })
+        .await
+        .unwrap_or_else(gone)
+    }
+
+    /// `signal SIG NAME...|all`: sends `signal` to each RUNNING/STARTING
+    /// instance's process group; others get `ok: false` "not running" (with
+    /// `all` they are skipped).
+    pub async fn signal(
+        &self,
+        signal: Signal,
+        names: Vec<String>,
+    ) -> Result<Vec<ActionResult>, CommandError> {
+        self.ask(|reply| Request::Signal {
+            signal,
             names,
             reply,
         })

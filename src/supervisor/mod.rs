@@ -22,6 +22,7 @@
 mod actions;
 mod control;
 mod handle;
+mod logs;
 mod names;
 pub mod observer;
 mod reconfigure;
@@ -345,6 +346,20 @@ impl Supervisor {
                 // Its transitions reach the hooks before the reload result does.
                 self.flush_hooks();
                 let _ = reply.send(diff);
+            }
+            Request::LogTargets {
+                names,
+                stream,
+                reply,
+            } => {
+                let _ = reply.send(self.log_targets(&names, stream));
+            }
+            Request::Signal {
+                signal,
+                names,
+                reply,
+            } => {
+                let _ = reply.send(self.send_signal(signal, &names));
             }
             Request::ConfigFailed { error } => {
                 self.config_info.error = Some(error);

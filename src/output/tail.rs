@@ -1,0 +1,1 @@
+//! Reading the last lines of a log back, into its rotated files (helper).
