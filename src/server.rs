@@ -4,8 +4,8 @@
 //! Every byte from a socket is hostile. The handshake is bounded in time
 //! (half-open handshakes are dropped), refuses browser `Origin`s that are
 //! not loopback (cross-site WebSocket hijacking) with 403, and requires
-//! `Authorization: Bearer TOKEN` (compared in constant time) with 401 when a
-//! token is set. Frames and messages over 64 KiB are refused by tungstenite
+//! `Authorization: Bearer TOKEN` (the scheme in any case, the token compared
+//! in constant time) with 401 when a token is set. Frames and messages over 64 KiB are refused by tungstenite
 //! from the frame header, before the payload is buffered.
 //!
 //! A client cannot stall the daemon or other clients: each request runs in
@@ -149,6 +149,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header value. The scheme is
+/// case-insensitive (RFC 9110 §11.1, SPEC §17), the token is not.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(text.to_string()));
     *resp.status_mut() = status;
@@ -171,9 +178,9 @@ fn check_handshake(
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n"));
         }
     }
@@ -436,6 +443,23 @@ mod tests {
         ];
         for o in refused {
             assert!(!origin_allowed(Some(o)), "{o}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_the_token_is_not() {
+        for value in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "Bearer   tok ",
+            "bearer\ttok",
+        ] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        assert_eq!(bearer_token("bearer TOK"), Some("TOK"));
+        for value in ["Bearertok", "Basic tok", "bearer", "", "tok"] {
+            assert_ne!(bearer_token(value), Some("tok"), "{value:?}");
         }
     }
 

@@ -520,3 +520,25 @@ fn start_all_of_many_instances_lets_status_through_midway() {
     assert_eq!(results.len(), 300);
     assert!(results.iter().all(|x| x["ok"] == true), "{r}");
 }
+
+#[test]
+fn authorization_scheme_is_case_insensitive() {
+    let d = Daemon::start_with("bearer-case", "taskmaster.lua", TWO, &["--token", "s3cret"]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} s3cret");
+        assert_eq!(
+            handshake(d.port, &[("authorization", &value)]),
+            Ok(()),
+            "{value}"
+        );
+    }
+    // Only the scheme is case-insensitive: the token is compared exactly, and
+    // the scheme must be a word of its own.
+    for value in ["bearer S3CRET", "Bearers3cret", "Basic s3cret", "bearer"] {
+        assert_eq!(
+            handshake(d.port, &[("authorization", value)]),
+            Err(401),
+            "{value}"
+        );
+    }
+}
