@@ -276,7 +276,9 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 continue;
             }
         };
-        crate::log!("client {peer}: {} {}", request.cmd, request.args.join(" "));
+        if changes_something(&request.cmd) {
+            crate::log!("client {peer}: {}", command_line(&request));
+        }
         if request.cmd == "subscribe" {
             let ok = request.args.is_empty();
             // Subscribe before replying: no event after the reply is missed.
@@ -312,6 +314,35 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     }
     drop(out);
     let _ = writer.await;
+}
+
+/// Commands that change something, the only ones the daemon logs (SPEC §2):
+/// read-only ones (`status`, `version`, `subscribe`, …) would bury the log
+/// under every poll of a dashboard or a monitoring script.
+const LOGGED_COMMANDS: &[&str] = &[
+    "start", "stop", "restart", "reload", "shutdown", "exit", "signal", "clear",
+];
+
+fn changes_something(cmd: &str) -> bool {
+    LOGGED_COMMANDS.contains(&cmd)
+}
+
+/// `start web web:1` as a log line shows it: words joined by one space, with
+/// control characters escaped, so a client-sent name can never start a log
+/// line of its own (SPEC §2).
+fn command_line(request: &Request) -> String {
+    let mut line = request.cmd.clone();
+    for arg in &request.args {
+        line.push(' ');
+        for c in arg.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+    }
+    line
 }
 
 async fn forward_events(
@@ -461,6 +492,30 @@ mod tests {
         for value in ["Bearertok", "Basic tok", "bearer", "", "tok"] {
             assert_ne!(bearer_token(value), Some("tok"), "{value:?}");
         }
+    }
+
+    #[test]
+    fn only_commands_that_change_something_are_logged_without_a_trailing_space() {
+        let request = |cmd: &str, args: &[&str]| Request {
+            id: Value::Null,
+            cmd: cmd.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        for cmd in ["start", "stop", "restart", "reload", "shutdown", "exit"] {
+            assert!(changes_something(cmd), "{cmd}");
+        }
+        for cmd in ["status", "version", "subscribe", "tail", "logs", "nosuch"] {
+            assert!(!changes_something(cmd), "{cmd}");
+        }
+        assert_eq!(command_line(&request("reload", &[])), "reload");
+        assert_eq!(
+            command_line(&request("start", &["web", "web:1"])),
+            "start web web:1"
+        );
+        assert_eq!(
+            command_line(&request("stop", &["a\n2026-01-01T00:00:00Z forged\r"])),
+            "stop a\\n2026-01-01T00:00:00Z forged\\r"
+        );
     }
 
     #[test]

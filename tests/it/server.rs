@@ -542,3 +542,47 @@ fn authorization_scheme_is_case_insensitive() {
         );
     }
 }
+
+#[test]
+fn only_commands_that_change_something_are_logged() {
+    let mut d = Daemon::start("cmdlog", TWO);
+    for _ in 0..3 {
+        d.ok("status", &[]);
+    }
+    d.ok("status", &["web"]);
+    d.ok("version", &[]);
+    let mut sub = d.connect();
+    assert_eq!(call(&mut sub, 1, "subscribe", &[])["ok"], true);
+    // The positive control: these change something and must be logged.
+    d.ok("start", &["idle"]);
+    d.ok("stop", &["idle:0"]);
+    d.ok("reload", &[]);
+    let log = d.log();
+    let every = [
+        "status",
+        "start",
+        "stop",
+        "restart",
+        "reload",
+        "shutdown",
+        "exit",
+        "subscribe",
+        "version",
+    ];
+    // "client 127.0.0.1:PORT: CMD ARGS", other client lines (handshakes) aside.
+    let commands: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" client 127.0.0.1:"))
+        .filter_map(|(_, rest)| rest.split_once(": "))
+        .map(|(_port, what)| what)
+        .filter(|what| every.iter().any(|c| what.split(' ').next() == Some(c)))
+        .collect();
+    assert_eq!(
+        commands,
+        ["start idle", "stop idle:0", "reload"],
+        "client commands logged; whole log:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(!line.ends_with(' '), "trailing space: {line:?}");
+    }
+}
