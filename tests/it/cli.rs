@@ -273,3 +273,180 @@ fn repl_through_a_pseudo_terminal_keeps_history() {
         );
     }
 }
+
+/// How a fake server misbehaves.
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    /// Accepts TCP and never answers the WebSocket handshake.
+    SilentHandshake,
+    /// Completes the handshake, reads requests, never replies.
+    NoReply,
+    /// Completes the handshake and answers every request with a stream of
+    /// frames that are not its reply (events, replies to other ids).
+    Flood,
+}
+
+/// A misbehaving server on a free port, on its own thread and runtime;
+/// dropping it stops the thread and closes every connection.
+struct FakeServer {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    fn start(kind: Fake) -> FakeServer {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            if let Fake::SilentHandshake = kind {
+                                // Hold the socket open, read nothing.
+                                let _held = stream;
+                                return std::future::pending::<()>().await;
+                            }
+                            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                                return;
+                            };
+                            while let Some(Ok(frame)) = ws.next().await {
+                                if !frame.is_text() {
+                                    continue;
+                                }
+                                if let Fake::Flood = kind {
+                                    for n in 0u64.. {
+                                        let frame = if n % 2 == 0 {
+                                            r#"{"event": "transition", "name": "x:0"}"#.to_string()
+                                        } else {
+                                            format!(
+                                                r#"{{"id": "other-{n}", "ok": true, "data": {{}}}}"#
+                                            )
+                                        };
+                                        if ws.send(WsMessage::text(frame)).await.is_err() {
+                                            return;
+                                        }
+                                        tokio::time::sleep(Duration::from_millis(1)).await;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        FakeServer {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `taskmasterctl --url URL ARGS`, bounded well past its own 10 s.
+fn ctl_at(url: &str, args: &[&str]) -> (Output, Duration) {
+    let t = Instant::now();
+    let o = output_within(
+        Command::new(ctl_bin())
+            .arg("--url")
+            .arg(url)
+            .args(args)
+            .env_remove("TASKMASTER_TOKEN")
+            .env_remove("TASKMASTER_URL"),
+        secs(30),
+    )
+    .unwrap_or_else(|e| panic!("taskmasterctl hung: {e}"));
+    (o, t.elapsed())
+}
+
+/// Exits 4 after about 10 s (SPEC §17), saying what it waited for.
+fn assert_gave_up(o: &Output, took: Duration, waited_for: &str) {
+    assert_eq!(o.status.code(), Some(4), "{}", err(o));
+    let e = err(o);
+    assert!(
+        e.contains(waited_for) && e.contains("within 10 s"),
+        "the message says what took too long: {e}"
+    );
+    assert!(
+        took >= Duration::from_millis(9500) && took < secs(20),
+        "gave up after {took:?}, expected about 10 s"
+    );
+}
+
+#[test]
+fn a_server_that_never_completes_the_handshake_makes_ctl_exit_4_after_10_s() {
+    let fake = FakeServer::start(Fake::SilentHandshake);
+    let (o, took) = ctl_at(&fake.url(), &["status"]);
+    assert_gave_up(&o, took, "handshake");
+}
+
+#[test]
+fn a_server_that_never_replies_makes_ctl_exit_4_after_10_s_but_start_waits() {
+    let fake = FakeServer::start(Fake::NoReply);
+    // `start` waits as long as the action takes: still waiting when the
+    // `status` beside it has given up.
+    let mut start = Command::new(ctl_bin())
+        .args(["--url", &fake.url(), "start", "web"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let results: Vec<_> = ["status", "version", "reload"]
+        .map(|cmd| {
+            let url = fake.url();
+            std::thread::spawn(move || (cmd, ctl_at(&url, &[cmd])))
+        })
+        .into_iter()
+        .map(|t| t.join().expect("ctl thread"))
+        .collect();
+    let start_still_waits = start.try_wait().unwrap().is_none();
+    let _ = start.kill();
+    let _ = start.wait();
+    for (cmd, (o, took)) in results {
+        assert_gave_up(&o, took, &format!("reply to {cmd}"));
+    }
+    assert!(
+        start_still_waits,
+        "start gave up while the action could still be running"
+    );
+}
+
+#[test]
+fn a_server_that_floods_other_frames_makes_ctl_exit_4_after_10_s() {
+    let fake = FakeServer::start(Fake::Flood);
+    let (o, took) = ctl_at(&fake.url(), &["status"]);
+    assert_gave_up(&o, took, "reply to status");
+}
