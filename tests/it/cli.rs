@@ -239,6 +239,9 @@ struct Terminal {
 /// never match this).
 const FRESH_PROMPT: &str = "\ntaskmaster> ";
 
+/// The REPL's shutdown question (SPEC §8).
+const CONFIRM: &str = "stop every service and the daemon? [y/N] ";
+
 impl Terminal {
     /// Starts `taskmasterctl ARGS` on a new 200×50 pty with a real terminal
     /// type, as the session leader with the pty as its controlling terminal.
@@ -459,6 +462,63 @@ fn repl_on_a_real_terminal_edits_completes_survives_ctrl_c_and_keeps_history() {
         !lines.contains(&"stop web:0"),
         "a line cleared by Ctrl-C is not history: {history:?}"
     );
+}
+
+#[test]
+fn repl_asks_before_exit_or_shutdown_on_a_terminal() {
+    let mut d = settled("cli-confirm");
+    let state = temp_dir("xdg-confirm");
+    let mut t = Terminal::start(&["--url", &d.url()], &[("XDG_STATE_HOME", &state)]);
+    t.expect("taskmaster> ");
+    // `exit` is what a user types to leave a shell: it must not take the
+    // daemon down unasked.
+    t.line("exit");
+    t.expect(CONFIRM);
+    t.line("n");
+    t.prompt();
+    assert_eq!(d.ok("version", &[])["version"], env!("CARGO_PKG_VERSION"));
+    t.line("shutdown");
+    t.expect(CONFIRM);
+    t.line(""); // the default is no
+    t.prompt();
+    assert_eq!(d.ok("version", &[])["version"], env!("CARGO_PKG_VERSION"));
+    // The help says so.
+    t.line("help exit");
+    t.expect("[y/N]");
+    t.prompt();
+
+    t.line("shutdown");
+    t.expect(CONFIRM);
+    t.line("y");
+    t.expect("taskmasterd is shutting down");
+    let mut daemon = d.child.take().expect("daemon");
+    let status = wait_child(&mut daemon, secs(20)).expect("the daemon exits");
+    assert!(status.success(), "{status}");
+    t.prompt();
+    t.line("quit");
+    assert!(t.exit_status().success(), "{}", t.screen());
+    let history = fs::read_to_string(state.join("taskmaster/history")).expect("history file");
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(
+        lines.contains(&"exit") && lines.contains(&"shutdown"),
+        "{history:?}"
+    );
+    assert!(
+        !lines.contains(&"n") && !lines.contains(&"y"),
+        "answers are not history: {history:?}"
+    );
+}
+
+#[test]
+fn one_shot_shutdown_does_not_ask_even_on_a_terminal() {
+    let mut d = settled("cli-oneshot-shutdown");
+    let mut t = Terminal::start(&["--url", &d.url(), "shutdown"], &[]);
+    t.expect("taskmasterd is shutting down");
+    assert!(t.exit_status().success(), "{}", t.screen());
+    assert!(!t.screen().contains("[y/N]"), "{}", t.screen());
+    let mut daemon = d.child.take().expect("daemon");
+    let status = wait_child(&mut daemon, secs(20)).expect("the daemon exits");
+    assert!(status.success(), "{status}");
 }
 
 /// How a fake server misbehaves.
