@@ -4,8 +4,8 @@
 //! Every byte from a socket is hostile. The handshake is bounded in time
 //! (half-open handshakes are dropped), refuses browser `Origin`s that are
 //! not loopback (cross-site WebSocket hijacking) with 403, and requires
-//! `Authorization: Bearer TOKEN` (compared in constant time) with 401 when a
-//! token is set. Frames and messages over 64 KiB are refused by tungstenite
+//! `Authorization: Bearer TOKEN` (the scheme in any case, the token compared
+//! in constant time) with 401 when a token is set. Frames and messages over 64 KiB are refused by tungstenite
 //! from the frame header, before the payload is buffered.
 //!
 //! A client cannot stall the daemon or other clients: each request runs in
@@ -14,15 +14,27 @@
 //! connection's writer, in-flight requests per connection are capped (a
 //! client that never reads just stops being read), and a subscriber that
 //! falls behind the bounded event channel is disconnected.
+//!
+//! Idle connections cannot lock new clients out (SPEC §17). At most
+//! [`MAX_CLIENTS`] are served at once; a connection past that closes the one
+//! that has been idle the longest — idle meaning no request being carried
+//! out and no `subscribe` — so opening hundreds of silent sockets, even from
+//! one loopback peer, only ever costs the attacker their own oldest ones. A
+//! connection still in its handshake counts as idle. Only when every slot is
+//! busy or subscribed does the accept loop wait (new clients then queue in
+//! the kernel's backlog). A closing connection gets a moment to flush, then
+//! its socket is dropped, so a peer that stopped reading cannot keep it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as HttpRequest, Response,
 };
@@ -30,6 +42,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::{Reply, Request, MAX_FRAME};
 use crate::reloader::Reloader;
@@ -37,8 +50,11 @@ use crate::supervisor::{Control, Handle};
 
 /// How long a client may take to complete the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CLIENTS: usize = 512;
+/// Connections served at once. Past it, the longest idle one is closed to
+/// make room; when none is idle, new ones wait in the kernel's backlog.
+pub const MAX_CLIENTS: usize = 512;
+/// How long a closing connection may take to flush what is queued for it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 16;
 /// Frames queued for one connection's writer.
@@ -85,11 +101,11 @@ pub async fn bind(listen: &str, port: u16) -> Result<TcpListener, String> {
 
 /// Serves clients until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Context) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let connections = Connections::new(MAX_CLIENTS);
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+        // Accept only a client that can be served: otherwise leave it in
+        // the backlog rather than take a socket just to hold it.
+        connections.room().await;
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -99,11 +115,203 @@ pub async fn serve(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
+        let (slot, evicted) = connections.admit();
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            client(stream, peer, ctx).await;
-            drop(permit);
+        tokio::spawn(client(stream, peer, ctx, Arc::new(slot), evicted));
+    }
+}
+
+/// The connections being served, so that a new one past the cap can close
+/// the one idle the longest. Shared by the accept loop and every connection;
+/// the lock is only ever held for a few field updates or one scan of at most
+/// [`MAX_CLIENTS`] entries, never across an await.
+#[derive(Clone)]
+struct Connections {
+    /// The table and the accept loop's wake-up.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Connections served at once before idle ones are closed for new ones.
+    cap: usize,
+    /// Every connection still counted against the cap.
+    table: Mutex<Table>,
+    /// Notified when a connection ends or turns idle: the accept loop,
+    /// waiting because every slot was busy, may have room again.
+    room: Notify,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Connections by id; an evicted one is removed at once (its task winds
+    /// down within [`CLOSE_GRACE`] and is not counted meanwhile).
+    entries: HashMap<u64, Entry>,
+    /// A logical clock: connection ids and activity stamps, always rising.
+    clock: u64,
+}
+
+struct Entry {
+    /// Clock reading of its last activity: accepted, a frame received, or a
+    /// request finished. The smallest among idle entries is evicted first.
+    last_active: u64,
+    /// Requests being carried out for it.
+    in_flight: usize,
+    /// Whether it receives the event stream; then it is never idle.
+    subscribed: bool,
+    /// Fired to close the connection when it is evicted.
+    evict: oneshot::Sender<()>,
+}
+
+impl Entry {
+    fn idle(&self) -> bool {
+        self.in_flight == 0 && !self.subscribed
+    }
+}
+
+impl Table {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The idle connection whose last activity is the oldest.
+    fn longest_idle(&self) -> Option<u64> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.idle())
+            .min_by_key(|(_, e)| e.last_active)
+            .map(|(id, _)| *id)
+    }
+}
+
+impl Connections {
+    fn new(cap: usize) -> Connections {
+        Connections {
+            shared: Arc::new(Shared {
+                cap,
+                table: Mutex::new(Table::default()),
+                room: Notify::new(),
+            }),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // The table holds no invariant a panic mid-update could break
+        // beyond a stale count; keep serving rather than propagate.
+        self.shared
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves once a new connection can be served: below the cap, or an
+    /// idle connection can make room.
+    async fn room(&self) {
+        loop {
+            // `notify_one` keeps a permit when nobody waits, so a wake-up
+            // between this check and the await is not lost.
+            let woken = self.shared.room.notified();
+            {
+                let table = self.table();
+                if table.entries.len() < self.shared.cap || table.longest_idle().is_some() {
+                    return;
+                }
+            }
+            woken.await;
+        }
+    }
+
+    /// Counts a new connection in, first evicting the longest idle ones
+    /// while the table is full. The receiver fires when this one is evicted.
+    fn admit(&self) -> (Slot, oneshot::Receiver<()>) {
+        let mut table = self.table();
+        while table.entries.len() >= self.shared.cap {
+            let Some(victim) = table.longest_idle() else {
+                // It turned busy since `room`: serve the new one anyway;
+                // the excess is worked off by the next admissions.
+                break;
+            };
+            if let Some(entry) = table.entries.remove(&victim) {
+                let _ = entry.evict.send(());
+            }
+        }
+        let id = table.tick();
+        let (evict, evicted) = oneshot::channel();
+        table.entries.insert(
+            id,
+            Entry {
+                last_active: id,
+                in_flight: 0,
+                subscribed: false,
+                evict,
+            },
+        );
+        let slot = Slot {
+            id,
+            connections: self.clone(),
+        };
+        (slot, evicted)
+    }
+
+    /// Updates one connection's entry, if it is still counted.
+    fn update(&self, id: u64, f: impl FnOnce(&mut Entry, u64)) {
+        let mut table = self.table();
+        let now = table.tick();
+        if let Some(entry) = table.entries.get_mut(&id) {
+            f(entry, now);
+        }
+    }
+}
+
+/// One connection's place in the [`Connections`] table; dropping it frees
+/// the place.
+struct Slot {
+    /// Its key in the table.
+    id: u64,
+    /// The table.
+    connections: Connections,
+}
+
+impl Slot {
+    /// A frame arrived: it is active now.
+    fn touch(&self) {
+        self.connections
+            .update(self.id, |e, now| e.last_active = now);
+    }
+
+    /// From now on it follows the event stream, so it is never idle.
+    fn subscribed(&self) {
+        self.connections.update(self.id, |e, _| e.subscribed = true);
+    }
+
+    /// A request is being carried out until the guard drops.
+    fn request(self: &Arc<Self>) -> InFlight {
+        self.connections.update(self.id, |e, _| e.in_flight += 1);
+        InFlight(self.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.table().entries.remove(&self.id);
+        self.connections.shared.room.notify_one();
+    }
+}
+
+/// A request in flight on a connection (so the connection is not idle).
+struct InFlight(Arc<Slot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut idle = false;
+        self.0.connections.update(self.0.id, |e, now| {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.last_active = now;
+            idle = e.idle();
         });
+        if idle {
+            self.0.connections.shared.room.notify_one();
+        }
     }
 }
 
@@ -149,6 +357,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header value. The scheme is
+/// case-insensitive (RFC 9110 §11.1, SPEC §17), the token is not.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(text.to_string()));
     *resp.status_mut() = status;
@@ -171,18 +386,26 @@ fn check_handshake(
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n"));
         }
     }
     Ok(())
 }
 
+type Ws = WebSocketStream<TcpStream>;
+
 // tungstenite's Callback trait fixes the large error type of the closure.
 #[allow(clippy::result_large_err)]
-async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
+async fn client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Context,
+    slot: Arc<Slot>,
+    mut evicted: oneshot::Receiver<()>,
+) {
     let _ = stream.set_nodelay(true);
     let token = ctx.token.clone();
     let callback = move |req: &HttpRequest, resp: Response| {
@@ -196,11 +419,16 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024);
-    let accepted = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
-    )
-    .await;
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
+        ) => accepted,
+        _ = &mut evicted => {
+            crate::log!("client {peer}: closed during its handshake to make room for a new connection");
+            return;
+        }
+    };
     let ws = match accepted {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -212,24 +440,64 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
             return;
         }
     };
-    let (mut sink, mut source) = ws.split();
-    let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+    let (sink, source) = ws.split();
+    let (out, outbox) = mpsc::channel::<Message>(OUTBOX);
+    let mut writer = tokio::spawn(write_frames(sink, outbox));
 
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = outbox.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // The event forwarder holds a sender to the writer: it must end with the
     // connection, or the writer (and the socket) would live on.
     let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
+    tokio::select! {
+        () = read_requests(source, &out, &ctx, &slot, peer, &mut forwarder) => {}
+        _ = &mut evicted => {
+            crate::log!(
+                "client {peer}: closed, the longest idle of {MAX_CLIENTS} connections, to make room for a new one"
+            );
+            let frame = CloseFrame {
+                code: CloseCode::Again,
+                reason: "too many connections: closing the longest idle one".into(),
+            };
+            let _ = out.try_send(Message::Close(Some(frame)));
+        }
+    }
+    if let Some(f) = forwarder {
+        f.abort();
+    }
+    drop(out);
+    // Requests still running hold senders too; a peer that went away or
+    // stopped reading must not keep the socket for as long as they run.
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Sends queued frames until the queue closes or a close frame went out.
+async fn write_frames(mut sink: SplitSink<Ws, Message>, mut outbox: mpsc::Receiver<Message>) {
+    while let Some(msg) = outbox.recv().await {
+        let closing = matches!(msg, Message::Close(_));
+        if sink.send(msg).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Reads requests until the peer closes or misbehaves, running each in its
+/// own task; replies go to `out`.
+async fn read_requests(
+    mut source: SplitStream<Ws>,
+    out: &mpsc::Sender<Message>,
+    ctx: &Context,
+    slot: &Arc<Slot>,
+    peer: SocketAddr,
+    forwarder: &mut Option<tokio::task::JoinHandle<()>>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(frame) = source.next().await {
+        slot.touch();
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
@@ -269,11 +537,16 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 continue;
             }
         };
-        crate::log!("client {peer}: {} {}", request.cmd, request.args.join(" "));
+        if changes_something(&request.cmd) {
+            crate::log!("client {peer}: {}", command_line(&request));
+        }
         if request.cmd == "subscribe" {
             let ok = request.args.is_empty();
             // Subscribe before replying: no event after the reply is missed.
             let events = (ok && forwarder.is_none()).then(|| ctx.handle.subscribe());
+            if events.is_some() {
+                slot.subscribed();
+            }
             let reply = if ok {
                 Reply::ok(request.id, json!({}))
             } else {
@@ -283,7 +556,7 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 break;
             }
             if let Some(events) = events {
-                forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
+                *forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
             }
             continue;
         }
@@ -292,19 +565,47 @@ async fn client(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        let busy = slot.request();
         let ctx = ctx.clone();
         let out = out.clone();
         tokio::spawn(async move {
             let reply = execute(&ctx, request).await;
+            // Carried out: a reply the peer does not read leaves the
+            // connection idle (and evictable), not busy.
+            drop(busy);
             let _ = out.send(Message::text(reply.encode())).await;
             drop(permit);
         });
     }
-    if let Some(f) = forwarder {
-        f.abort();
+}
+
+/// Commands that change something, the only ones the daemon logs (SPEC §2):
+/// read-only ones (`status`, `version`, `subscribe`, …) would bury the log
+/// under every poll of a dashboard or a monitoring script.
+const LOGGED_COMMANDS: &[&str] = &[
+    "start", "stop", "restart", "reload", "shutdown", "exit", "signal", "clear",
+];
+
+fn changes_something(cmd: &str) -> bool {
+    LOGGED_COMMANDS.contains(&cmd)
+}
+
+/// `start web web:1` as a log line shows it: words joined by one space, with
+/// control characters escaped, so a client-sent name can never start a log
+/// line of its own (SPEC §2).
+fn command_line(request: &Request) -> String {
+    let mut line = request.cmd.clone();
+    for arg in &request.args {
+        line.push(' ');
+        for c in arg.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
     }
-    drop(out);
-    let _ = writer.await;
+    line
 }
 
 async fn forward_events(
@@ -437,6 +738,99 @@ mod tests {
         for o in refused {
             assert!(!origin_allowed(Some(o)), "{o}");
         }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_the_token_is_not() {
+        for value in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "Bearer   tok ",
+            "bearer\ttok",
+        ] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        assert_eq!(bearer_token("bearer TOK"), Some("TOK"));
+        for value in ["Bearertok", "Basic tok", "bearer", "", "tok"] {
+            assert_ne!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn only_commands_that_change_something_are_logged_without_a_trailing_space() {
+        let request = |cmd: &str, args: &[&str]| Request {
+            id: Value::Null,
+            cmd: cmd.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        for cmd in ["start", "stop", "restart", "reload", "shutdown", "exit"] {
+            assert!(changes_something(cmd), "{cmd}");
+        }
+        for cmd in ["status", "version", "subscribe", "tail", "logs", "nosuch"] {
+            assert!(!changes_something(cmd), "{cmd}");
+        }
+        assert_eq!(command_line(&request("reload", &[])), "reload");
+        assert_eq!(
+            command_line(&request("start", &["web", "web:1"])),
+            "start web web:1"
+        );
+        assert_eq!(
+            command_line(&request("stop", &["a\n2026-01-01T00:00:00Z forged\r"])),
+            "stop a\\n2026-01-01T00:00:00Z forged\\r"
+        );
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_longest_idle_never_a_busy_or_subscribed_one() {
+        let connections = Connections::new(4);
+        let mut admitted: Vec<_> = (0..4)
+            .map(|_| {
+                let (slot, evicted) = connections.admit();
+                (Arc::new(slot), evicted)
+            })
+            .collect();
+        let evicted = |admitted: &mut Vec<(Arc<Slot>, oneshot::Receiver<()>)>| -> Vec<usize> {
+            (0..admitted.len())
+                .filter(|&i| admitted[i].1.try_recv().is_ok())
+                .collect()
+        };
+        admitted[0].0.subscribed();
+        let busy = admitted[1].0.request();
+        admitted[2].0.touch(); // now more recent than 3
+        let newcomer = connections.admit();
+        assert_eq!(evicted(&mut admitted), [3]);
+        // A finished request makes its connection idle, and recent.
+        drop(busy);
+        let (slot, rx) = newcomer;
+        admitted.push((Arc::new(slot), rx));
+        let _kept = connections.admit();
+        assert_eq!(evicted(&mut admitted), [2]);
+        let _kept_too = connections.admit();
+        assert_eq!(
+            evicted(&mut admitted),
+            [4],
+            "the newcomer, idle since before 1 finished"
+        );
+        let _and_more = connections.admit();
+        assert_eq!(evicted(&mut admitted), [1]);
+    }
+
+    #[tokio::test]
+    async fn room_waits_while_every_connection_is_busy() {
+        let connections = Connections::new(2);
+        let (a, _a) = connections.admit();
+        let (b, _b) = connections.admit();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        a.subscribed();
+        let busy = b.request();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), connections.room());
+        assert!(waiting.await.is_err(), "no room while all are busy");
+        drop(busy);
+        let waiting = tokio::time::timeout(Duration::from_secs(5), connections.room());
+        assert!(waiting.await.is_ok(), "an idle connection makes room");
+        drop(b);
+        assert_eq!(connections.table().entries.len(), 1);
     }
 
     #[test]

@@ -94,15 +94,19 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "shutdown",
         usage: "shutdown",
-        summary: "stop every process, then the daemon (alias: exit)",
+        summary: "stop every process, then the daemon (alias: exit; the REPL asks first)",
         details: "Each instance is stopped with its own stop signal and stoptime, then \
-                  taskmasterd exits.",
+                  taskmasterd exits.\nIn the REPL (when its input is a terminal) it first \
+                  asks \"stop every service and the daemon? [y/N]\"; anything but y or yes \
+                  cancels. taskmasterctl shutdown does not ask.",
     },
     CommandSpec {
         name: "exit",
         usage: "exit",
-        summary: "same as shutdown: stop every process, then the daemon",
-        details: "To leave the REPL without stopping the daemon, use quit or Ctrl-D.",
+        summary: "same as shutdown: stop every process, then the daemon (the REPL asks first)",
+        details: "In the REPL (when its input is a terminal) it first asks \"stop every \
+                  service and the daemon? [y/N]\"; anything but y or yes cancels.\nTo leave \
+                  the REPL without stopping the daemon, use quit or Ctrl-D.",
     },
     CommandSpec {
         name: "version",
@@ -331,5 +335,14 @@ mod tests {
         assert!(start.contains("RUNNING"));
         assert!(start.contains("web:0"));
         assert!(!help(Some("version")).contains("NAME is"));
+        for cmd in ["shutdown", "exit"] {
+            let text = help(Some(cmd));
+            assert!(
+                text.contains("asks \"stop every service and the daemon? [y/N]\""),
+                "{text}"
+            );
+        }
+        assert!(help(Some("shutdown")).contains("taskmasterctl shutdown does not ask"));
+        assert!(help(Some("exit")).contains("quit"));
     }
 }

@@ -7,6 +7,14 @@
 //! whenever the previous one is found dead, which is how it survives a daemon
 //! restart. Nothing here prints: failures come back as [`SessionError`], whose
 //! messages name the URL, the reason and what to do about it.
+//!
+//! Nothing waits forever on a daemon that went silent or floods us with
+//! other frames (SPEC §17): the connect and handshake, and the reply to every
+//! request but `start`/`stop`/`restart`, must come within [`ANSWER_TIMEOUT`]
+//! in all — a deadline for the whole wait, not for each frame, which a
+//! flood would keep renewing. `start`/`stop`/`restart` reply once the action
+//! has settled, which takes as long as the services' `starttime` and
+//! `stoptime` say, so they wait (Ctrl-C ends the wait).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,10 +32,16 @@ use crate::protocol::{Reply, Request};
 /// The daemon's port when none is given (SPEC §2).
 const DEFAULT_PORT: u16 = 3333;
 
-/// How long the TCP connect plus WebSocket handshake may take: on loopback it
-/// takes well under a millisecond, so this only catches a host that drops
-/// packets.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the TCP connect plus WebSocket handshake, or the reply to a
+/// request that does not wait for an action, may take (SPEC §17). A daemon
+/// answers both in well under a millisecond on loopback, so this only
+/// catches a host that drops packets, something that is not taskmasterd, or
+/// a daemon that is stuck.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commands whose reply comes only once the action settled: however long a
+/// service's `starttime` or `stoptime` is, so no timeout applies to them.
+const WAITS_FOR_ACTION: &[&str] = &["start", "stop", "restart"];
 
 /// How long to wait for the daemon to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -60,6 +74,17 @@ pub enum SessionError {
         url: String,
         /// The HTTP status and the daemon's explanation.
         reason: String,
+        /// What the user can do about it.
+        hint: String,
+    },
+    /// Something accepted the connection but did not complete the handshake,
+    /// or did not reply, within [`ANSWER_TIMEOUT`].
+    #[error("taskmasterd at {url} did not {what} within {} s\n{hint}", ANSWER_TIMEOUT.as_secs())]
+    Timeout {
+        /// The daemon's URL.
+        url: String,
+        /// What it did not do in time ("reply to status").
+        what: String,
         /// What the user can do about it.
         hint: String,
     },
@@ -158,6 +183,19 @@ impl Target {
         hint
     }
 
+    /// Something answers at the URL but not in time.
+    fn timeout(&self, what: String) -> SessionError {
+        SessionError::Timeout {
+            url: self.url.clone(),
+            what,
+            hint: format!(
+                "the daemon may be stuck or overloaded, or something other than \
+                 taskmasterd listens at {}",
+                self.url
+            ),
+        }
+    }
+
     /// Turns a failed handshake into a message that says what to do.
     fn handshake_error(&self, error: tungstenite::Error) -> SessionError {
         let unreachable = |reason: String| SessionError::Unreachable {
@@ -218,8 +256,8 @@ impl Target {
 pub struct Session {
     /// The socket, past the handshake.
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// The daemon's URL, for messages.
-    url: String,
+    /// Where the daemon is, for messages.
+    target: Target,
     /// Id of the next request; replies are matched on it.
     next_id: u64,
     /// Whether `subscribe` was sent: from then on, events met while waiting
@@ -230,20 +268,43 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session: TCP connect and WebSocket handshake, within a timeout.
+    /// Opens a session: TCP connect and WebSocket handshake, within
+    /// [`ANSWER_TIMEOUT`] together.
     pub async fn connect(target: &Target) -> Result<Session, SessionError> {
         let request = target.handshake_request()?;
-        let handshake = tokio_tungstenite::connect_async_with_config(request, None, true);
-        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-            Err(_) => Err(SessionError::Unreachable {
-                url: target.url.clone(),
-                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-                hint: target.start_hint(),
-            }),
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let uri = request.uri();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect((host, port))).await
+        {
+            Err(_) => {
+                return Err(SessionError::Unreachable {
+                    url: target.url.clone(),
+                    reason: format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                    hint: target.start_hint(),
+                })
+            }
+            Ok(Err(error)) => return Err(target.handshake_error(tungstenite::Error::Io(error))),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let handshake = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            None,
+        );
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => Err(target.timeout("complete the WebSocket handshake".into())),
             Ok(Err(error)) => Err(target.handshake_error(error)),
             Ok(Ok((ws, _response))) => Ok(Session {
                 ws,
-                url: target.url.clone(),
+                target: target.clone(),
                 next_id: 1,
                 subscribed: false,
                 pending_events: VecDeque::new(),
@@ -251,7 +312,8 @@ impl Session {
         }
     }
 
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply: within [`ANSWER_TIMEOUT`],
+    /// unless the command waits for an action to settle.
     pub async fn request(&mut self, cmd: &str, args: &[String]) -> Result<Reply, SessionError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -264,6 +326,17 @@ impl Session {
             args: args.to_vec(),
         }
         .encode();
+        if WAITS_FOR_ACTION.contains(&cmd) {
+            return self.exchange(frame, id).await;
+        }
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.exchange(frame, id)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.target.timeout(format!("reply to {cmd}"))),
+        }
+    }
+
+    /// Sends `frame` and reads until the reply with `id` comes.
+    async fn exchange(&mut self, frame: String, id: u64) -> Result<Reply, SessionError> {
         if let Err(error) = self.ws.send(Message::text(frame)).await {
             return Err(self.lost(error.to_string()));
         }
@@ -301,7 +374,7 @@ impl Session {
                 continue;
             }
             return serde_json::from_value(value).map_err(|e| SessionError::BadReply {
-                url: self.url.clone(),
+                url: self.target.url.clone(),
                 reason: e.to_string(),
             });
         }
@@ -365,14 +438,14 @@ impl Session {
 
     fn decode(&self, text: &str) -> Result<Value, SessionError> {
         serde_json::from_str(text).map_err(|e| SessionError::BadReply {
-            url: self.url.clone(),
+            url: self.target.url.clone(),
             reason: format!("not JSON: {e}"),
         })
     }
 
     fn lost(&self, reason: String) -> SessionError {
         SessionError::Lost {
-            url: self.url.clone(),
+            url: self.target.url.clone(),
             reason,
         }
     }
@@ -424,6 +497,28 @@ mod tests {
             .headers()
             .get("authorization")
             .is_none());
+    }
+
+    #[test]
+    fn timeouts_say_what_took_too_long_and_only_actions_wait() {
+        let t = Target::new("ws://127.0.0.1:3333", None).unwrap();
+        let message = t.timeout("reply to status".into()).to_string();
+        assert!(
+            message.starts_with(
+                "taskmasterd at ws://127.0.0.1:3333 did not reply to status within 10 s\n"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("something other than taskmasterd"),
+            "{message}"
+        );
+        for cmd in ["start", "stop", "restart"] {
+            assert!(WAITS_FOR_ACTION.contains(&cmd));
+        }
+        for cmd in ["status", "version", "reload", "subscribe", "shutdown"] {
+            assert!(!WAITS_FOR_ACTION.contains(&cmd));
+        }
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub enum Exit {
     Usage,
     /// 3: `status` listed an instance that is not RUNNING.
     NotRunning,
-    /// 4: no session could be established (refused, 401, 403, lost).
+    /// 4: no session could be established (refused, 401, 403, lost), or the
+    /// daemon did not answer in time.
     Unreachable,
 }
 
@@ -70,6 +71,7 @@ impl Exit {
             SessionError::BadUrl { .. } => Exit::Usage,
             SessionError::Unreachable { .. }
             | SessionError::Refused { .. }
+            | SessionError::Timeout { .. }
             | SessionError::Lost { .. } => Exit::Unreachable,
             SessionError::BadReply { .. } => Exit::DaemonError,
         }
@@ -304,6 +306,14 @@ mod tests {
                 SessionError::Lost {
                     url: url.clone(),
                     reason: String::new(),
+                },
+                Exit::Unreachable,
+            ),
+            (
+                SessionError::Timeout {
+                    url: url.clone(),
+                    what: String::new(),
+                    hint: String::new(),
                 },
                 Exit::Unreachable,
             ),

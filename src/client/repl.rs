@@ -14,6 +14,12 @@
 //! Ctrl-C at the prompt clears the line (rustyline reads it as a key); during
 //! a command it abandons the wait and drops the session, so a late reply
 //! cannot be mistaken for the next one's.
+//!
+//! `exit` is what people type to leave a shell, and here it is an alias of
+//! `shutdown`: so when the input is a terminal, both first ask
+//! [`CONFIRM`] and anything but `y`/`yes` (Enter, Ctrl-C, Ctrl-D included)
+//! cancels (SPEC §8). A script piping commands in is not asked, and neither
+//! is the one-shot `taskmasterctl shutdown`.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
@@ -34,6 +40,9 @@ use super::{execute, interrupted, prepare, print_out, report, Exit, Options};
 
 /// The prompt, exactly as SPEC §9 fixes it.
 pub const PROMPT: &str = "taskmaster> ";
+
+/// The question `shutdown` and `exit` ask first (SPEC §8).
+pub const CONFIRM: &str = "stop every service and the daemon? [y/N] ";
 
 /// How many lines the history file keeps.
 const HISTORY_SIZE: usize = 1000;
@@ -72,6 +81,7 @@ pub fn run(options: &Options) -> Exit {
     // (unless TERM names a dumb terminal, where it prints one itself); show
     // it anyway, as supervisorctl does, so a driven session reads the same.
     let echo_prompt = !std::io::stdin().is_terminal() && !dumb_terminal();
+    let ask_first = std::io::stdin().is_terminal();
 
     loop {
         if echo_prompt {
@@ -119,6 +129,10 @@ pub fn run(options: &Options) -> Exit {
             Command::Quit => break,
             Command::Help(topic) => {
                 print_out(&command::help(topic.as_deref()));
+                continue;
+            }
+            Command::Shutdown if ask_first && !confirmed(editor.readline(CONFIRM)) => {
+                print_out("cancelled: the daemon keeps running (quit leaves the shell)\n");
                 continue;
             }
             _ => {}
@@ -273,6 +287,12 @@ fn open_history(editor: &mut Editor<Completion, DefaultHistory>, path: PathBuf) 
         }
     }
     Some(path)
+}
+
+/// Whether the answer to [`CONFIRM`] is yes; no answer (Ctrl-C, Ctrl-D, an
+/// error) is no.
+fn confirmed(answer: rustyline::Result<String>) -> bool {
+    answer.is_ok_and(|answer| matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
 /// Whether rustyline treats the terminal as unable to edit lines (and so
@@ -441,6 +461,18 @@ mod tests {
         let (start, pairs) = complete("stop we web:0", 7, &names());
         assert_eq!(start, 5);
         assert_eq!(pairs.len(), 3);
+    }
+
+    #[test]
+    fn only_y_or_yes_confirms_a_shutdown() {
+        for yes in ["y", "Y", "yes", "YES", " yes "] {
+            assert!(confirmed(Ok(yes.into())), "{yes:?}");
+        }
+        for no in ["", "n", "no", "ye", "yes please", "sure"] {
+            assert!(!confirmed(Ok(no.into())), "{no:?}");
+        }
+        assert!(!confirmed(Err(ReadlineError::Interrupted)));
+        assert!(!confirmed(Err(ReadlineError::Eof)));
     }
 
     #[test]

@@ -415,12 +415,10 @@ fn half_open_handshake_is_dropped_and_others_served() {
     let mut d = Daemon::start("halfopen", TWO);
     let mut raw = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finishes
+    let t = Instant::now();
     assert_eq!(d.request("status", &[])["ok"], true);
-    raw.set_read_timeout(Some(secs(15))).unwrap();
-    let mut buf = [0u8; 64];
     // The daemon gives up on it (EOF or reset) instead of holding it forever.
-    let n = raw.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed_after_handshake_timeout(&mut raw, t);
 }
 
 #[test]
@@ -519,4 +517,231 @@ fn start_all_of_many_instances_lets_status_through_midway() {
     let results = r["data"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 300);
     assert!(results.iter().all(|x| x["ok"] == true), "{r}");
+}
+
+#[test]
+fn authorization_scheme_is_case_insensitive() {
+    let d = Daemon::start_with("bearer-case", "taskmaster.lua", TWO, &["--token", "s3cret"]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} s3cret");
+        assert_eq!(
+            handshake(d.port, &[("authorization", &value)]),
+            Ok(()),
+            "{value}"
+        );
+    }
+    // Only the scheme is case-insensitive: the token is compared exactly, and
+    // the scheme must be a word of its own.
+    for value in ["bearer S3CRET", "Bearers3cret", "Basic s3cret", "bearer"] {
+        assert_eq!(
+            handshake(d.port, &[("authorization", value)]),
+            Err(401),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn only_commands_that_change_something_are_logged() {
+    let mut d = Daemon::start("cmdlog", TWO);
+    for _ in 0..3 {
+        d.ok("status", &[]);
+    }
+    d.ok("status", &["web"]);
+    d.ok("version", &[]);
+    let mut sub = d.connect();
+    assert_eq!(call(&mut sub, 1, "subscribe", &[])["ok"], true);
+    // The positive control: these change something and must be logged.
+    d.ok("start", &["idle"]);
+    d.ok("stop", &["idle:0"]);
+    d.ok("reload", &[]);
+    let log = d.log();
+    let every = [
+        "status",
+        "start",
+        "stop",
+        "restart",
+        "reload",
+        "shutdown",
+        "exit",
+        "subscribe",
+        "version",
+    ];
+    // "client 127.0.0.1:PORT: CMD ARGS", other client lines (handshakes) aside.
+    let commands: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" client 127.0.0.1:"))
+        .filter_map(|(_, rest)| rest.split_once(": "))
+        .map(|(_port, what)| what)
+        .filter(|what| every.iter().any(|c| what.split(' ').next() == Some(c)))
+        .collect();
+    assert_eq!(
+        commands,
+        ["start idle", "stop idle:0", "reload"],
+        "client commands logged; whole log:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(!line.ends_with(' '), "trailing space: {line:?}");
+    }
+}
+
+/// Opens a WebSocket session within `timeout` (connect and handshake), or
+/// says why not: a daemon at its connection cap leaves the handshake
+/// unanswered, and a test must see that rather than hang.
+fn connect_within(port: u16, timeout: Duration) -> Result<Ws, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    match tungstenite::client(format!("ws://127.0.0.1:{port}/"), MaybeTls::Plain(stream)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            Err(format!("no handshake answer within {timeout:?}"))
+        }
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e.to_string()),
+    }
+}
+
+use tungstenite::stream::MaybeTlsStream as MaybeTls;
+
+/// `taskmasterctl ARGS` against the daemon on `port`, bounded.
+fn ctl_on(port: u16, args: &[&str]) -> std::process::Output {
+    output_within(
+        std::process::Command::new(ctl_bin())
+            .arg("--url")
+            .arg(format!("ws://127.0.0.1:{port}/"))
+            .args(args)
+            .env_remove("TASKMASTER_TOKEN")
+            .env_remove("TASKMASTER_URL"),
+        secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Opens `n` sessions that send nothing (idle, SPEC §17).
+fn idle_sessions(port: u16, n: usize) -> Vec<Ws> {
+    (0..n)
+        .map(|i| {
+            connect_within(port, secs(10))
+                .unwrap_or_else(|e| panic!("idle connection {i} of {n}: {e}"))
+        })
+        .collect()
+}
+
+/// Whether the daemon closed `ws` (a close frame or EOF) within `timeout`.
+fn closed_within(ws: &mut Ws, timeout: Duration) -> Result<Option<String>, String> {
+    set_timeout(ws, Some(timeout));
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return Ok(frame.map(|f| f.reason.to_string())),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("still open after {timeout:?}"))
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_at_the_cap_never_lock_out_a_new_client() {
+    let cap = taskmaster::server::MAX_CLIENTS;
+    let d = Daemon::start("idle-cap", TWO);
+    // With the fixture's own subscriber, this fills every slot.
+    let mut idle = idle_sessions(d.port, cap - 1);
+    let o = ctl_on(d.port, &["status", "web"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.code() == Some(0) && text.contains("web:1"),
+        "status at the cap: {:?}\n{text}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Well past the cap too, the newest connections are served ...
+    idle.extend(idle_sessions(d.port, cap / 2));
+    let newest = idle.last_mut().expect("a connection");
+    assert_eq!(call(newest, 1, "version", &[])["ok"], true);
+    let o = ctl_on(d.port, &["version"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // ... and the one that had been idle the longest made room.
+    let reason = closed_within(&mut idle[0], secs(10)).expect("oldest idle evicted");
+    assert!(
+        reason.as_deref().is_none_or(|r| r.contains("idle")),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn a_subscribed_connection_is_never_the_one_evicted() {
+    let cap = taskmaster::server::MAX_CLIENTS;
+    let d = Daemon::start("evict-sub", TWO);
+    let mut sub = connect_within(d.port, secs(10)).expect("subscriber");
+    assert_eq!(call(&mut sub, 1, "subscribe", &[])["ok"], true);
+    let mut oldest_idle = connect_within(d.port, secs(10)).expect("idle");
+    // The subscriber is older than every idle connection: an eviction by age
+    // alone would pick it first.
+    let _idle = idle_sessions(d.port, cap);
+    // Positive control: evictions did happen, starting with the oldest idle.
+    closed_within(&mut oldest_idle, secs(10)).expect("oldest idle evicted");
+    let o = ctl_on(d.port, &["start", "idle"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // The subscriber still receives events.
+    set_timeout(&mut sub, Some(secs(10)));
+    let deadline = Instant::now() + secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no idle:0 event for the subscriber"
+        );
+        match sub.read() {
+            Ok(Message::Text(t)) => {
+                let ev: Value = serde_json::from_str(&t).unwrap();
+                if ev["name"] == "idle:0" && ev["to"] == "RUNNING" {
+                    break;
+                }
+            }
+            Ok(Message::Close(f)) => panic!("the subscriber was closed: {f:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("the subscriber lost its connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_half_open_handshake_is_closed_after_5_s_even_at_the_cap() {
+    let cap = taskmaster::server::MAX_CLIENTS;
+    let d = Daemon::start("halfopen-cap", TWO);
+    let _idle = idle_sessions(d.port, cap - 1);
+    let mut raw = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let t = Instant::now();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finishes
+    assert_closed_after_handshake_timeout(&mut raw, t);
+}
+
+/// The daemon ends a handshake that does not complete after about 5 s
+/// (SPEC §17): not at once, not much later, and never not at all.
+fn assert_closed_after_handshake_timeout(raw: &mut TcpStream, since: Instant) {
+    raw.set_read_timeout(Some(secs(15))).unwrap();
+    let mut buf = [0u8; 64];
+    match raw.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => panic!(
+            "the half-open handshake is still open after {:?}: {e}",
+            since.elapsed()
+        ),
+    }
+    let took = since.elapsed();
+    assert!(
+        took >= Duration::from_millis(4500) && took < secs(9),
+        "closed after {took:?}, expected about 5 s"
+    );
 }
