@@ -92,6 +92,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(io_err)?;
 
     let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
+    let output = crate::output::Output::default();
     let hooks = HookQueue::default();
     let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), Arc::new(hooks.clone()));
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
@@ -116,6 +117,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         reloader: reloader.clone(),
         token: opts.token.as_deref().map(Into::into),
         shutdown: shutdown_tx,
+        output: output.clone(),
     };
     let addr = listener
         .local_addr()

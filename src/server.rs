@@ -71,6 +71,8 @@ pub struct Context {
     pub token: Option<Arc<str>>,
     /// Asks the daemon to shut down.
     pub shutdown: mpsc::Sender<()>,
+    /// The log writers (`clear` goes through them).
+    pub output: crate::output::Output,
 }
 
 /// Is this listen address loopback-only?

@@ -13,6 +13,9 @@
 
 pub mod follow;
 pub mod tail;
+mod writer;
+
+pub use writer::Output;
 
 use std::path::PathBuf;
 
