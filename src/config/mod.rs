@@ -10,11 +10,14 @@
 //!
 //! This file holds the types and the list of options with their defaults;
 //! `fields.rs` holds the helpers that read one value each and word the
-//! errors, so every option of the same type fails with the same sentence.
+//! errors, so every option of the same type fails with the same sentence;
+//! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
+//! grammar of their own).
 
 mod fields;
 pub mod json;
 pub mod lua;
+mod output;
 
 pub use fields::{did_you_mean, parse_signal};
 
@@ -200,6 +203,7 @@ pub fn base_dir(path: &Path) -> &Path {
 }
 
 const TOP_KEYS: &[&str] = &["services"];
+/// The §3 options; the §10 ones are `output::KEYS`, next to their parsing.
 const SERVICE_KEYS: &[&str] = &[
     "cmd",
     "numprocs",
@@ -271,7 +275,8 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
         return None;
     };
     let before = p.count();
-    unknown_keys(obj, SERVICE_KEYS, path, p);
+    let known: Vec<&str> = SERVICE_KEYS.iter().chain(output::KEYS).copied().collect();
+    unknown_keys(obj, &known, path, p);
     let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
     let at = |name: &str| format!("{path}.{name}");
     let mut policy = Policy::default();
@@ -371,6 +376,8 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
     if let Some(v) = obj.get("stderr") {
         spawn.stderr = file_path(v, &at("stderr"), base, p).flatten();
     }
+    // After `stderr`, which `redirect_stderr` must find unset.
+    output::read(obj, path, &mut spawn, p);
     if let Some(v) = field("workingdir") {
         spawn.workingdir = file_path(v, &at("workingdir"), base, p).flatten();
     }
