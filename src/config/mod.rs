@@ -7,17 +7,30 @@
 //! never stops at the first problem: it walks the whole tree and reports every
 //! error with its field path (`services.web.numprocs: ...`). No mlua type
 //! leaks out of this module tree.
+//!
+//! This file holds the types and the list of options with their defaults;
+//! `fields.rs` holds the helpers that read one value each and word the
+//! errors, so every option of the same type fails with the same sentence;
+//! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
+//! grammar of their own).
 
+mod fields;
 pub mod json;
 pub mod lua;
+mod output;
+
+pub use fields::{did_you_mean, parse_signal};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use fields::{
+    boolean, file_path, int_in, integer, kind, seconds, string, umask, unknown_keys, Problems,
+};
 
 /// Restart policy after an exit from RUNNING.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +203,7 @@ pub fn base_dir(path: &Path) -> &Path {
 }
 
 const TOP_KEYS: &[&str] = &["services"];
+/// The §3 options; the §10 ones are `output::KEYS`, next to their parsing.
 const SERVICE_KEYS: &[&str] = &[
     "cmd",
     "numprocs",
@@ -207,18 +221,9 @@ const SERVICE_KEYS: &[&str] = &[
     "umask",
 ];
 
-/// Collects problems with their paths while the tree is walked.
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn add(&mut self, path: &str, msg: impl fmt::Display) {
-        self.0.push(format!("{path}: {msg}"));
-    }
-}
-
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
 pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems::default();
     let mut config = Config::default();
     let Some(top) = value.as_object() else {
         return Err(ConfigError::Invalid(vec![format!(
@@ -254,168 +259,10 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
             format!("expected a table of services, got {}", kind(other)),
         ),
     }
-    if p.0.is_empty() {
+    if p.count() == 0 {
         Ok(config)
     } else {
-        Err(ConfigError::Invalid(p.0))
-    }
-}
-
-fn unknown_keys(obj: &Map<String, Value>, known: &[&str], path: &str, p: &mut Problems) {
-    for key in obj.keys() {
-        if !known.contains(&key.as_str()) {
-            let hint = did_you_mean(key, known)
-                .map(|k| format!(" — did you mean \"{k}\"?"))
-                .unwrap_or_default();
-            p.0.push(format!("unknown option \"{key}\" in {path}{hint}"));
-        }
-    }
-}
-
-/// The closest known word within a small edit distance, if any.
-pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(word, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn kind(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string \"{s}\""),
-        Value::Array(_) => "a list".into(),
-        Value::Object(_) => "a table".into(),
-    }
-}
-
-/// An integer, accepting integer-valued floats (`2.0`).
-fn integer(v: &Value) -> Option<i64> {
-    if let Some(i) = v.as_i64() {
-        return Some(i);
-    }
-    let f = v.as_f64()?;
-    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
-}
-
-fn int_in(v: &Value, path: &str, lo: i64, hi: i64, p: &mut Problems) -> Option<i64> {
-    match integer(v) {
-        Some(i) if (lo..=hi).contains(&i) => Some(i),
-        Some(i) if hi == i64::MAX => {
-            p.add(path, format!("must be at least {lo}, got {i}"));
-            None
-        }
-        Some(i) => {
-            p.add(path, format!("must be between {lo} and {hi}, got {i}"));
-            None
-        }
-        None => {
-            p.add(path, format!("expected an integer, got {}", kind(v)));
-            None
-        }
-    }
-}
-
-fn seconds(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> {
-    match v.as_f64() {
-        Some(f) if f.is_finite() && (0.0..=1.0e9).contains(&f) => Some(Duration::from_secs_f64(f)),
-        Some(f) => {
-            p.add(path, format!("must be a number of seconds >= 0, got {f}"));
-            None
-        }
-        None => {
-            p.add(
-                path,
-                format!("expected a number of seconds, got {}", kind(v)),
-            );
-            None
-        }
-    }
-}
-
-fn string<'a>(v: &'a Value, path: &str, p: &mut Problems) -> Option<&'a str> {
-    match v.as_str() {
-        Some(s) => Some(s),
-        None => {
-            p.add(path, format!("expected a string, got {}", kind(v)));
-            None
-        }
-    }
-}
-
-fn boolean(v: &Value, path: &str, p: &mut Problems) -> Option<bool> {
-    match v.as_bool() {
-        Some(b) => Some(b),
-        None => {
-            p.add(path, format!("expected true or false, got {}", kind(v)));
-            None
-        }
-    }
-}
-
-fn file_path(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Option<PathBuf>> {
-    match v {
-        Value::Null => Some(None),
-        Value::String(s) if !s.is_empty() => Some(Some(base.join(s))),
-        other => {
-            p.add(
-                path,
-                format!("expected a path or null, got {}", kind(other)),
-            );
-            None
-        }
-    }
-}
-
-/// Parses a signal name: `TERM`, `SIGTERM` (any case).
-pub fn parse_signal(name: &str) -> Option<Signal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse().ok()
-}
-
-fn umask(v: &Value, path: &str, p: &mut Problems) -> Option<u32> {
-    // A string is octal ("022"); an integer is read digit by digit as octal,
-    // as supervisord reads `umask=022`, so JSON's `22` means 0o022.
-    let digits = match v {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(_) => match integer(v) {
-            Some(i) if i >= 0 => i.to_string(),
-            _ => String::new(),
-        },
-        _ => String::new(),
-    };
-    match u32::from_str_radix(&digits, 8) {
-        Ok(m) if m <= 0o777 && !digits.is_empty() => Some(m),
-        _ => {
-            p.add(
-                path,
-                format!("expected an octal umask like \"022\", got {}", kind(v)),
-            );
-            None
-        }
+        Err(ConfigError::Invalid(p.into_vec()))
     }
 }
 
@@ -427,8 +274,9 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
         );
         return None;
     };
-    let before = p.0.len();
-    unknown_keys(obj, SERVICE_KEYS, path, p);
+    let before = p.count();
+    let known: Vec<&str> = SERVICE_KEYS.iter().chain(output::KEYS).copied().collect();
+    unknown_keys(obj, &known, path, p);
     let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
     let at = |name: &str| format!("{path}.{name}");
     let mut policy = Policy::default();
@@ -528,6 +376,8 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
     if let Some(v) = obj.get("stderr") {
         spawn.stderr = file_path(v, &at("stderr"), base, p).flatten();
     }
+    // After `stderr`, which `redirect_stderr` must find unset.
+    output::read(obj, path, &mut spawn, p);
     if let Some(v) = field("workingdir") {
         spawn.workingdir = file_path(v, &at("workingdir"), base, p).flatten();
     }
@@ -575,7 +425,7 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
             ),
         }
     }
-    (p.0.len() == before).then_some(Service {
+    (p.count() == before).then_some(Service {
         numprocs,
         spawn,
         policy,
@@ -715,13 +565,5 @@ mod tests {
             errors(json!({"services": {"w": "sleep"}})),
             vec!["services.w: expected a table of options, got string \"sleep\""]
         );
-    }
-
-    #[test]
-    fn signals_parse_with_or_without_prefix() {
-        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
-        assert_eq!(parse_signal("sigkill"), Some(Signal::SIGKILL));
-        assert_eq!(parse_signal("USR2"), Some(Signal::SIGUSR2));
-        assert_eq!(parse_signal("BOGUS"), None);
     }
 }

@@ -102,6 +102,13 @@ mod tests {
             "more": {"cmd": "sleep 1", "numprocs": 2},
             "fewer": {"cmd": "sleep 1", "numprocs": 3},
             "policy": {"cmd": "sleep 1"},
+            "out_max": {"cmd": "sleep 1"},
+            "err_max": {"cmd": "sleep 1", "stderr_maxbytes": "1MB"},
+            "out_keep": {"cmd": "sleep 1"},
+            "err_keep": {"cmd": "sleep 1"},
+            "redirect": {"cmd": "sleep 1", "stdout": "o.log"},
+            "stamps": {"cmd": "sleep 1", "timestamps": true},
+            "same_size": {"cmd": "sleep 1", "stdout_maxbytes": 1048576},
         }));
         let new = cfg(json!({
             "same": {"cmd": "sleep 1"},
@@ -116,6 +123,15 @@ mod tests {
             "fewer": {"cmd": "sleep 1", "numprocs": 1},
             "policy": {"cmd": "sleep 1", "autorestart": "always", "exitcodes": [0, 1], "startretries": 9,
                        "starttime": 3, "stopsignal": "INT", "stoptime": 2, "autostart": false},
+            // SPEC §18: every §10 option is a spawn change.
+            "out_max": {"cmd": "sleep 1", "stdout_maxbytes": "10MB"},
+            "err_max": {"cmd": "sleep 1", "stderr_maxbytes": 0},
+            "out_keep": {"cmd": "sleep 1", "stdout_backups": 3},
+            "err_keep": {"cmd": "sleep 1", "stderr_backups": 0},
+            "redirect": {"cmd": "sleep 1", "stdout": "o.log", "redirect_stderr": true},
+            "stamps": {"cmd": "sleep 1", "timestamps": false},
+            // Another spelling of the same size is no change at all.
+            "same_size": {"cmd": "sleep 1", "stdout_maxbytes": "1MB"},
         }));
         let plan = diff(&old, &new);
         let respawn = Change::Changed { respawn: true };
@@ -133,16 +149,26 @@ mod tests {
             ("more", in_place),
             ("fewer", in_place),
             ("policy", in_place),
+            ("out_max", respawn),
+            ("err_max", respawn),
+            ("out_keep", respawn),
+            ("err_keep", respawn),
+            ("redirect", respawn),
+            ("stamps", respawn),
+            ("same_size", Change::Unchanged),
         ];
         for (name, change) in want {
             assert_eq!(plan.kind_of(name), Some(change), "{name}");
         }
         assert_eq!(plan.data.added, vec!["new"]);
         assert_eq!(plan.data.removed, vec!["gone"]);
-        assert_eq!(plan.data.unchanged, vec!["same"]);
+        assert_eq!(plan.data.unchanged, vec!["same", "same_size"]);
         assert_eq!(
             plan.data.changed,
-            vec!["cmd", "env", "err", "fewer", "more", "out", "policy", "umask", "wd"]
+            vec![
+                "cmd", "env", "err", "err_keep", "err_max", "fewer", "more", "out", "out_keep",
+                "out_max", "policy", "redirect", "stamps", "umask", "wd"
+            ]
         );
     }
 
