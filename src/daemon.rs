@@ -87,14 +87,21 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     );
 
     process::become_subreaper();
+    process::raise_nofile();
     let mut term = signal(SignalKind::terminate()).map_err(io_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err)?;
     let mut hup = signal(SignalKind::hangup()).map_err(io_err)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(io_err)?;
 
     let path = std::path::absolute(&opts.config).unwrap_or_else(|_| opts.config.clone());
     let output = crate::output::Output::default();
     let hooks = HookQueue::default();
-    let (sup, handle, rx) = Supervisor::new(loaded.config, path.clone(), Arc::new(hooks.clone()));
+    let (sup, handle, rx) = Supervisor::new(
+        loaded.config,
+        path.clone(),
+        Arc::new(hooks.clone()),
+        output.clone(),
+    );
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
     let mut actor = tokio::spawn(sup.run(rx));
@@ -134,6 +141,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 _ = shutdown_rx.recv() => { crate::log!("shutdown requested by a client"); break }
                 _ = term.recv() => { crate::log!("received SIGTERM: shutting down"); break }
                 _ = int.recv() => { crate::log!("received SIGINT: shutting down"); break }
+                _ = usr1.recv() => {
+                    crate::log!("received SIGUSR1: reopening log files");
+                    // File opens may wait on a slow disk: not on this task.
+                    let out = output.clone();
+                    tasks.spawn_blocking(move || out.reopen_all());
+                }
                 _ = hup.recv() => {
                     crate::log!("received SIGHUP: reloading");
                     // On a task of its own: a slow config must not hold up

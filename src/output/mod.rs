@@ -11,11 +11,13 @@
 //! the file (no copy through user space) and rotates it. Reading back
 //! (`tail.rs`, `follow.rs`) only ever reads the files.
 
+mod capture;
 pub mod follow;
 pub mod tail;
 mod writer;
 
-pub use writer::Output;
+pub use capture::Capture;
+pub use writer::{Output, Owner, Pipes};
 
 use std::path::PathBuf;
 
@@ -62,4 +64,22 @@ pub struct LogTarget {
     /// Why there is no file, naming the option (`web:0 has no stdout file
     /// (stdout = nil)`), for the `no_log` error.
     pub missing: String,
+}
+
+/// The last non-empty line of a log file (for a failed start's reason),
+/// reading at most its last 4 KiB.
+pub fn last_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(4096);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(4096).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .rev()
+        .map(str::trim_end)
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
 }

@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
@@ -110,7 +110,7 @@ fn reaper() -> MutexGuard<'static, Option<Reaper>> {
 /// its exit status is kept for [`wait_child`].
 pub(crate) fn spawn_marked(command: &mut Command, waited: bool) -> io::Result<Child> {
     let mut lock = reaper();
-    let child = command.spawn()?;
+    let child = with_original_nofile(|| command.spawn())?;
     guard::mark(child.id(), true);
     if waited {
         lock.get_or_insert_with(Reaper::default)
@@ -202,48 +202,67 @@ pub(crate) fn dev_null() -> Stdio {
     }
 }
 
-fn open_output(path: &Option<PathBuf>, which: &str) -> Result<Stdio, String> {
-    let Some(path) = path else {
-        return Ok(dev_null());
+/// The NOFILE limit the daemon was started with, when it raised its own
+/// (children get it back).
+static ORIGINAL_NOFILE: std::sync::OnceLock<Option<libc::rlimit>> = std::sync::OnceLock::new();
+
+/// Raises the daemon's soft RLIMIT_NOFILE to its hard limit (SPEC §18: a
+/// daemon with thousands of pipes and sockets needs more than 1024), and
+/// remembers the original so children start with it. Call once at start-up.
+pub fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            format!(
-                "cannot create the folder of {which} file {}: {}",
-                path.display(),
-                folder_error(dir, &e)
-            )
-        })?;
-    }
-    let file: File = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("cannot open {which} file {}: {e}", path.display()))?;
-    Ok(file.into())
-}
-
-/// Why a folder could not be created, in words: `File exists` alone does
-/// not say that a file sits where a folder is needed.
-fn folder_error(dir: &Path, e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTDIR) {
-        let mut probe = Some(dir);
-        while let Some(p) = probe {
-            if p.is_file() {
-                return format!("{} is a file, not a folder", p.display());
-            }
-            if p.exists() && !p.is_dir() {
-                return format!("{} exists and is not a folder", p.display());
-            }
-            probe = p.parent();
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    let original = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            None
+        } else {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            (libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0).then_some(limit)
         }
-    }
-    e.to_string()
+    };
+    let _ = ORIGINAL_NOFILE.set(original);
 }
 
-/// Spawns one instance; returns its pid (= its process group) or why it
+/// Runs `spawn` with the daemon's soft NOFILE limit lowered to the one it
+/// was started with, so the child inherits that (SPEC §18). Setting it in
+/// the child would need `pre_exec`, which forces std off the `posix_spawn`
+/// (vfork) path onto fork: a crash loop restarts half as fast that way.
+/// Lowering the soft limit never closes anything; in the few microseconds
+/// of the spawn only a new descriptor numbered above the original limit
+/// could fail (the spawning paths hold the reaper lock meanwhile).
+fn with_original_nofile<T>(spawn: impl FnOnce() -> T) -> T {
+    let Some(Some(original)) = ORIGINAL_NOFILE.get() else {
+        return spawn();
+    };
+    let raised = libc::rlimit {
+        rlim_cur: original.rlim_max,
+        rlim_max: original.rlim_max,
+    };
+    // SAFETY: setrlimit with valid structs.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, original) };
+    let out = spawn();
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    out
+}
+
+/// Spawns one instance with the given output streams (see
+/// `output::capture`); returns its pid (= its process group) or why it
 /// could not start.
-pub fn spawn(req: &SpawnSpec, service: &str, instance: u32) -> Result<u32, String> {
+pub fn spawn(
+    req: &SpawnSpec,
+    service: &str,
+    instance: u32,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<u32, String> {
     let mut command = match argv::launch(&req.cmd) {
         Launch::Direct(argv) => {
             let mut c = Command::new(&argv[0]);
@@ -271,8 +290,8 @@ pub fn spawn(req: &SpawnSpec, service: &str, instance: u32) -> Result<u32, Strin
         .env("TASKMASTER_SERVICE", service)
         .env("TASKMASTER_INSTANCE", instance.to_string())
         .stdin(dev_null())
-        .stdout(open_output(&req.stdout, "stdout")?)
-        .stderr(open_output(&req.stderr, "stderr")?)
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0);
     if let Some(mask) = req.umask {
         // SAFETY: umask(2) is async-signal-safe; it runs in the forked child only.

@@ -30,11 +30,20 @@ impl Supervisor {
                 Event::Exited { exit, .. } => Some((inst.proc.pid.or(inst.last_pid), *exit)),
                 _ => None,
             };
+            let early_exit = matches!(event, Event::Exited { .. }) && inst.proc.state == State::Starting;
             let step = match inst.proc.handle(&policy, event, now()) {
                 Ok(step) => step,
                 Err(r) if is_first => return Err(r),
                 Err(_) => return Ok(()),
             };
+            if early_exit {
+                // A failed start says why in its own words (SPEC §10).
+                let words = super::logs::last_words(&inst.name, &svc.config.spawn);
+                if let (Some(words), Some(reason)) = (words, inst.proc.reason.as_mut()) {
+                    reason.push_str(": ");
+                    reason.push_str(&words);
+                }
+            }
             is_first = false;
             if let Some(pid) = inst.proc.pid {
                 inst.last_pid = Some(pid);

@@ -53,6 +53,24 @@ fn is_regular_or_absent(p: &Path) -> bool {
     }
 }
 
+/// Longest part of a child's last line put into a status reason.
+const REASON_LINE: usize = 200;
+
+/// What a failed start said last: the last line of its stderr file, or of
+/// its stdout file when stderr is not kept, cut to [`REASON_LINE`]
+/// characters (then pointing at the file).
+pub(super) fn last_words(name: &str, spec: &SpawnSpec) -> Option<String> {
+    let err = target(name, spec, Stream::Stderr);
+    let out = target(name, spec, Stream::Stdout);
+    let path = err.path.or(out.path)?;
+    let line = crate::output::last_line(&path)?;
+    if line.chars().count() <= REASON_LINE {
+        return Some(line);
+    }
+    let cut: String = line.chars().take(REASON_LINE).collect();
+    Some(format!("{cut}… (more in {})", path.display()))
+}
+
 impl Supervisor {
     /// Where the named instances' streams are logged.
     pub(super) fn log_targets(

@@ -42,6 +42,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::{Config, Service};
+use crate::output::Output;
 use crate::protocol::{ConfigInfo, Event as WireEvent, InstanceInfo, StatusData};
 pub use handle::{CommandError, Control, Handle, Request, EVENT_BACKLOG};
 pub use observer::Observer;
@@ -119,6 +120,10 @@ pub struct Supervisor {
     hook_batch: Vec<WireEvent>,
     /// Processes, real or fake.
     spawner: Box<dyn Spawner>,
+    /// Exits waiting for the child's output to reach its files, by pid.
+    flushing: HashMap<u32, (Key, Exit)>,
+    /// Pids whose output flush finished (see [`Spawner::flush`]).
+    flushed: Option<mpsc::UnboundedReceiver<u32>>,
     /// Answered once everything is stopped after a shutdown request.
     shutdown: Vec<oneshot::Sender<()>>,
 }
@@ -136,14 +141,19 @@ fn now() -> Instant {
 }
 
 impl Supervisor {
-    /// Builds the actor for `config` on real processes (nothing is started
-    /// until [`Supervisor::run`]).
+    /// Builds the actor for `config` on real processes, their output
+    /// through `output` (nothing is started until [`Supervisor::run`]).
     pub fn new(
         config: Config,
         path: PathBuf,
         observer: Arc<dyn Observer>,
+        output: Output,
     ) -> (Supervisor, Handle, mpsc::Receiver<Request>) {
-        Self::with_spawner(config, path, observer, Box::new(spawner::Os))
+        let (tx, rx) = mpsc::unbounded_channel();
+        let os = spawner::Os::new(output, tx);
+        let (mut sup, handle, requests) = Self::with_spawner(config, path, observer, Box::new(os));
+        sup.flushed = Some(rx);
+        (sup, handle, requests)
     }
 
     /// Like [`Supervisor::new`], with processes reached through `spawner`.
@@ -171,6 +181,8 @@ impl Supervisor {
             observer: observer.clone(),
             hook_batch: Vec::new(),
             spawner,
+            flushing: HashMap::new(),
+            flushed: None,
             shutdown: Vec::new(),
         };
         for (name, svc) in config.services {
@@ -242,6 +254,7 @@ impl Supervisor {
             let next = self.next_deadline();
             tokio::select! {
                 _ = sigchld.recv() => self.on_sigchld(),
+                Some(pid) = next_flushed(&mut self.flushed) => self.on_flushed(pid),
                 req = rx.recv() => match req {
                     Some(req) => self.on_request(req),
                     None => self.begin_shutdown(None),
@@ -292,13 +305,12 @@ impl Supervisor {
             let Some(key) = self.pids.remove(&pid) else {
                 continue;
             };
-            // Only ever the record whose process it is.
-            if self.instances.get(&key).and_then(|i| i.proc.pid) != Some(pid) {
-                crate::log!("warning: exit of pid {pid} matches no instance; ignored");
+            // What it wrote just before exiting reaches its files first.
+            if self.spawner.flush(pid) {
+                self.flushing.insert(pid, (key, exit));
                 continue;
             }
-            let group_alive = self.spawner.group_alive(pid);
-            let _ = self.apply(&key, Event::Exited { exit, group_alive });
+            self.exited(pid, key, exit);
         }
         let draining: Vec<Key> = self.draining.iter().cloned().collect();
         for key in draining {
@@ -307,6 +319,23 @@ impl Supervisor {
                 let _ = self.apply(&key, Event::GroupGone);
             }
         }
+    }
+
+    /// A child's output is in its files: its exit can be told.
+    fn on_flushed(&mut self, pid: u32) {
+        if let Some((key, exit)) = self.flushing.remove(&pid) {
+            self.exited(pid, key, exit);
+        }
+    }
+
+    fn exited(&mut self, pid: u32, key: Key, exit: Exit) {
+        // Only ever the record whose process it is.
+        if self.instances.get(&key).and_then(|i| i.proc.pid) != Some(pid) {
+            crate::log!("warning: exit of pid {pid} matches no instance; ignored");
+            return;
+        }
+        let group_alive = self.spawner.group_alive(pid);
+        let _ = self.apply(&key, Event::Exited { exit, group_alive });
     }
 
     fn on_deadlines(&mut self) {
@@ -428,6 +457,13 @@ fn exit_fields(exit: Option<Exit>) -> (Option<i32>, Option<String>) {
         Some(Exit::Code(c)) => (Some(c), None),
         Some(Exit::Signal(s)) => (None, Some(s.as_str().to_string())),
         None => (None, None),
+    }
+}
+
+async fn next_flushed(rx: &mut Option<mpsc::UnboundedReceiver<u32>>) -> Option<u32> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,11 +1,14 @@
 //! The actor's only way to touch processes, as a small trait, so the
 //! actor's reload and waiter logic can be tested without processes (a fake
 //! spawner under `tokio::time::pause()`, see `tests.rs`). [`Os`] is the
-//! real one: `process.rs`.
+//! real one: `process/` for processes, `output/` for their streams.
 
 use nix::sys::signal::Signal;
 
 use crate::config::SpawnSpec;
+use tokio::sync::mpsc;
+
+use crate::output::Output;
 use crate::process::{self, Exit};
 
 /// Spawns, signals and reaps on the actor's behalf.
@@ -18,14 +21,39 @@ pub trait Spawner: Send {
     fn group_alive(&mut self, pgid: u32) -> bool;
     /// Collects every exited child.
     fn reap(&mut self) -> Vec<(u32, Exit)>;
+    /// Makes sure what `pid` wrote before it exited is in its log files.
+    /// True when that takes a moment: `pid` is then sent on the flushed
+    /// channel once done, and the exit must wait for it.
+    fn flush(&mut self, pid: u32) -> bool;
 }
 
-/// Real processes.
-pub struct Os;
+/// Real processes, their output through the daemon's writers.
+pub struct Os {
+    /// The writers children's pipes are attached to.
+    output: Output,
+    /// Where finished flushes are announced (the actor's loop listens).
+    flushed: mpsc::UnboundedSender<u32>,
+}
+
+impl Os {
+    /// Spawns through `process/`, output through `output`.
+    pub fn new(output: Output, flushed: mpsc::UnboundedSender<u32>) -> Os {
+        Os { output, flushed }
+    }
+}
 
 impl Spawner for Os {
     fn spawn(&mut self, spec: &SpawnSpec, service: &str, index: u32) -> Result<u32, String> {
-        process::spawn(spec, service, index)
+        let capture = self.output.capture(spec)?;
+        let pid = process::spawn(spec, service, index, capture.stdout, capture.stderr)?;
+        self.output.attach(pid, capture.pipes);
+        Ok(pid)
+    }
+    fn flush(&mut self, pid: u32) -> bool {
+        let tx = self.flushed.clone();
+        self.output.flush(pid, move || {
+            let _ = tx.send(pid);
+        })
     }
     fn signal(&mut self, pgid: u32, sig: Signal) {
         process::signal_group(pgid, sig);

@@ -88,6 +88,9 @@ impl Spawner for Fake {
     fn reap(&mut self) -> Vec<(u32, Exit)> {
         std::mem::take(&mut self.world().exited)
     }
+    fn flush(&mut self, _: u32) -> bool {
+        false
+    }
 }
 
 fn config(services: Value) -> Config {
