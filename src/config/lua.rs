@@ -7,6 +7,9 @@
 //! an instruction-count hook with a wall-clock deadline that stays expired
 //! (a `pcall` cannot swallow it) and a memory limit, so a config that loops or
 //! allocates forever fails with a clear error instead of hanging the daemon.
+//! The standard library is complete except where it would reach past the
+//! daemon: `os.exit` raises an error (a config or hook must not end the
+//! process).
 //!
 //! The returned table is converted into a `serde_json::Value` and validated by
 //! the shared schema in `config/mod.rs`. The Lua state survives in
@@ -204,6 +207,12 @@ fn lua_pattern_escape(s: &str) -> String {
 const PRELUDE: &str = r#"
 local resolve, read_json, log, config_dir = ...
 local orig_dofile, loadfile, searchpath = dofile, loadfile, package.searchpath
+
+-- The config and its hooks run inside the daemon: ending the process is
+-- never theirs to do. An error instead, at the caller's file:line.
+function os.exit()
+  error("os.exit cannot end the daemon (use error() to fail a config or a hook)", 2)
+end
 
 function load_json(path)
   if type(path) ~= "string" then error("load_json: expected a path string", 2) end
@@ -480,6 +489,15 @@ mod tests {
         assert_eq!(
             e,
             "taskmaster.lua:2: bad.json: line 2, column 10: expected value"
+        );
+    }
+
+    #[test]
+    fn os_exit_is_an_error_at_the_callers_line() {
+        let e = load_err("local x = 1\nos.exit(3)\nreturn { services = {} }\n");
+        assert!(
+            e.starts_with("taskmaster.lua:2: os.exit cannot end the daemon"),
+            "{e}"
         );
     }
 

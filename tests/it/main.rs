@@ -5,5 +5,6 @@ mod common;
 mod engine;
 mod faults;
 mod hooks;
+mod lua;
 mod reload;
 mod server;
