@@ -16,7 +16,10 @@
 //! group is killed and the call is cut off.
 //!
 //! The returned table is converted into a `serde_json::Value` and validated by
-//! the shared schema in `config/mod.rs`. The Lua state survives in
+//! the shared schema in `config/mod.rs`. The conversion copies every value,
+//! so it is bounded ([`MAX_VALUES`], a shared subtable counted each time it
+//! appears, counted in Lua first without expanding anything) and runs under
+//! the evaluation's deadline and memory limit. The Lua state survives in
 //! [`HookState`]: it holds the handlers the config registered with
 //! `require("taskmaster").on(...)`.
 
@@ -38,6 +41,9 @@ use crate::process::Exit;
 
 /// How long a config may take to evaluate.
 pub const LOAD_BUDGET: Duration = Duration::from_secs(5);
+/// How many values the table a config returns may hold, a shared subtable
+/// counted each time it appears (SPEC §17): its conversion copies each one.
+pub const MAX_VALUES: usize = 1_000_000;
 /// How much memory a config's Lua state may use.
 pub const MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 /// Instructions between two deadline checks.
@@ -150,7 +156,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     if let Ok(mut d) = budget.deadline.lock() {
         *d = Some(Instant::now() + LOAD_BUDGET);
     }
-    arm_budget(&lua, budget, "config evaluation");
+    arm_budget(&lua, budget.clone(), "config evaluation");
 
     let chunk_name = format!("@{}", path.display());
     let result: LuaValue = lua
@@ -158,11 +164,20 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         .set_name(chunk_name)
         .eval()
         .map_err(|e| ConfigError::Lua(error_text(&e)))?;
-    lua.remove_hook();
+    // The conversion is part of the evaluation: still under its deadline
+    // and the memory limit. The values are counted in Lua first (under the
+    // instruction hook, and much faster than the walk through mlua), so a
+    // table that expands past the limit fails before any copying.
+    count_values(&lua, &result)?;
+    let deadline = budget.deadline.lock().ok().and_then(|d| *d);
+    let mut allow = Allowance {
+        values: 0,
+        bytes: 0,
+        deadline,
+    };
     let value = match result {
-        LuaValue::Table(t) => {
-            table_to_json(&t, "config", 0).map_err(|e| ConfigError::Invalid(vec![e]))?
-        }
+        LuaValue::Table(t) => to_json(&LuaValue::Table(t), &Place::Root, 0, &mut allow)
+            .map_err(|e| ConfigError::Invalid(vec![e]))?,
         other => {
             return Err(ConfigError::Invalid(vec![format!(
                 "{}: the config must return a table, got {}",
@@ -171,6 +186,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             )]))
         }
     };
+    lua.remove_hook();
     let config = validate(&value, &base)?;
     let files = files.lock().map(|f| f.clone()).unwrap_or_default();
     Ok(Loaded {
@@ -971,85 +987,247 @@ impl UserData for PipeFile {
 }
 
 const MAX_DEPTH: usize = 32;
+/// Values converted between two looks at the clock.
+const CLOCK_EVERY: usize = 4096;
 
-/// Converts the config table into a value tree, naming the path of anything
-/// that has no JSON equivalent.
-fn table_to_json(t: &Table, path: &str, depth: usize) -> Result<Value, String> {
+/// What converting the returned table may still spend: it copies every
+/// value (a subtable shared a million times is copied a million times), in
+/// Rust, where neither the instruction hook nor Lua's memory limit reaches.
+struct Allowance {
+    /// Values converted so far.
+    values: usize,
+    /// Bytes of strings copied so far.
+    bytes: usize,
+    /// The config's evaluation budget, which the conversion is part of.
+    deadline: Option<Instant>,
+}
+
+impl Allowance {
+    /// Counts one more value (of `bytes` string bytes).
+    fn take(&mut self, bytes: usize) -> Result<(), String> {
+        self.values += 1;
+        self.check(0)?;
+        self.take_bytes(bytes)?;
+        if self.values.is_multiple_of(CLOCK_EVERY)
+            && self.deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            return Err(
+                "config: config evaluation ran out of time converting the returned table"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails when `more` values still to come would pass the limit.
+    fn check(&self, more: usize) -> Result<(), String> {
+        if self.values.saturating_add(more) > MAX_VALUES {
+            return Err(too_many_values());
+        }
+        Ok(())
+    }
+
+    /// Counts copied string bytes (keys and values).
+    fn take_bytes(&mut self, bytes: usize) -> Result<(), String> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MEMORY_LIMIT {
+            return Err(format!(
+                "config: the strings of the returned table take more than {} MiB \
+                 (a shared string counts each time it appears)",
+                MEMORY_LIMIT >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts the values of the returned table, a shared subtable each time it
+/// appears, without expanding it: a table's count is remembered, so
+/// `t = {t, t}` thirty times takes thirty steps (`next` is raw: no
+/// metamethod runs). A table met again inside itself counts nothing here:
+/// the conversion reports it as nested too deeply, and its own count stops
+/// an expansion that would pass the limit.
+const COUNT_VALUES: &str = r#"
+local root, max = ...
+local next, type = next, type
+local memo, active = {}, {}
+local function inside(t)
+  local known = memo[t]
+  if known then return known end
+  if active[t] then return 0 end
+  active[t] = true
+  local n = 0
+  for _, v in next, t do
+    n = n + 1
+    if type(v) == "table" then n = n + inside(v) end
+    if n > max then break end
+  end
+  active[t] = nil
+  memo[t] = n
+  return n
+end
+return 1 + inside(root) <= max
+"#;
+
+/// Fails when the returned value holds more than [`MAX_VALUES`] values.
+fn count_values(lua: &Lua, result: &LuaValue) -> Result<(), ConfigError> {
+    let LuaValue::Table(_) = result else {
+        return Ok(());
+    };
+    let within: bool = lua
+        .load(COUNT_VALUES)
+        .set_name("=taskmaster")
+        .call((result.clone(), MAX_VALUES))
+        .map_err(|e| ConfigError::Lua(error_text(&e)))?;
+    if within {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(vec![too_many_values()]))
+    }
+}
+
+fn too_many_values() -> String {
+    format!(
+        "config: the returned table has more than {MAX_VALUES} values \
+         (a shared subtable counts each time it appears)"
+    )
+}
+
+/// Where a value sits in the returned table (`services.web.env`,
+/// `x[1][2]`), spelled out only when an error names it.
+enum Place<'a> {
+    /// The table itself.
+    Root,
+    /// A field of a table.
+    Key(&'a Place<'a>, &'a str),
+    /// An item of a sequence.
+    Index(&'a Place<'a>, usize),
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Root => f.write_str("config"),
+            Place::Key(Place::Root, key) => f.write_str(key),
+            Place::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Place::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// A table key as the conversion sees it.
+enum Key {
+    /// An integer key (a sequence's, or turned into a string in a map).
+    Int(i64),
+    /// A string key.
+    Str(String),
+}
+
+/// Converts a table into a value tree, naming the place of anything that
+/// has no JSON equivalent, within the limits of `allow`.
+fn table_to_json(
+    t: &Table,
+    place: &Place,
+    depth: usize,
+    allow: &mut Allowance,
+) -> Result<Value, String> {
     if depth > MAX_DEPTH {
         return Err(format!(
-            "{path}: nested too deeply (a table that contains itself?)"
+            "{place}: nested too deeply (a table that contains itself?)"
         ));
     }
     let len = t.raw_len();
-    let mut count = 0usize;
     let mut sequence = true;
     let mut entries = Vec::new();
     for pair in t.pairs::<LuaValue, LuaValue>() {
-        let (k, v) = pair.map_err(|e| format!("{path}: {}", error_text(&e)))?;
-        count += 1;
+        let (k, v) = pair.map_err(|e| format!("{place}: {}", error_text(&e)))?;
+        // Each entry is a value to come: a huge table fails before its
+        // entries are collected.
+        allow.check(entries.len() + 1)?;
         let key = match &k {
             LuaValue::String(s) => {
                 sequence = false;
-                s.to_str()
-                    .map_err(|_| format!("{path}: table keys must be UTF-8"))?
-                    .to_string()
+                let key = s
+                    .to_str()
+                    .map_err(|_| format!("{place}: table keys must be UTF-8"))?
+                    .to_string();
+                allow.take_bytes(key.len())?;
+                Key::Str(key)
             }
             LuaValue::Integer(i) => {
                 if *i < 1 || *i as usize > len {
                     sequence = false;
                 }
-                i.to_string()
+                Key::Int(*i)
             }
             other => {
                 return Err(format!(
-                    "{path}: table keys must be strings, got {}",
+                    "{place}: table keys must be strings, got {}",
                     other.type_name()
                 ))
             }
         };
         entries.push((key, v));
     }
-    if sequence && count == len && count > 0 {
+    if sequence && entries.len() == len && len > 0 {
+        // Keys 1..=len, each once (pairs need not give them in order).
+        let mut slots: Vec<Option<LuaValue>> = vec![None; len];
+        for (key, v) in entries {
+            if let Key::Int(i) = key {
+                slots[i as usize - 1] = Some(v);
+            }
+        }
         let mut items = Vec::with_capacity(len);
-        for i in 1..=len {
-            let v: LuaValue = t
-                .raw_get(i)
-                .map_err(|e| format!("{path}: {}", error_text(&e)))?;
-            items.push(to_json(&v, &format!("{path}[{i}]"), depth + 1)?);
+        for (i, v) in slots.into_iter().enumerate() {
+            let v = v.unwrap_or(LuaValue::Nil);
+            items.push(to_json(&v, &Place::Index(place, i + 1), depth + 1, allow)?);
         }
         return Ok(Value::Array(items));
     }
+    let mut named: Vec<(String, LuaValue)> = entries
+        .into_iter()
+        .map(|(key, v)| match key {
+            Key::Str(s) => (s, v),
+            Key::Int(i) => (i.to_string(), v),
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
     let mut map = Map::new();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (key, v) in entries {
-        let sub = if path == "config" {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
-        };
-        map.insert(key, to_json(&v, &sub, depth + 1)?);
+    for (key, v) in named {
+        let value = to_json(&v, &Place::Key(place, &key), depth + 1, allow)?;
+        map.insert(key, value);
     }
     Ok(Value::Object(map))
 }
 
-fn to_json(v: &LuaValue, path: &str, depth: usize) -> Result<Value, String> {
+fn to_json(
+    v: &LuaValue,
+    place: &Place,
+    depth: usize,
+    allow: &mut Allowance,
+) -> Result<Value, String> {
+    let bytes = match v {
+        LuaValue::String(s) => s.as_bytes().len(),
+        _ => 0,
+    };
+    allow.take(bytes)?;
     Ok(match v {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
         LuaValue::Integer(i) => Value::Number((*i).into()),
         LuaValue::Number(f) => Number::from_f64(*f)
             .map(Value::Number)
-            .ok_or_else(|| format!("{path}: expected a finite number, got {f}"))?,
+            .ok_or_else(|| format!("{place}: expected a finite number, got {f}"))?,
         LuaValue::String(s) => Value::String(
             s.to_str()
-                .map_err(|_| format!("{path}: strings must be UTF-8"))?
+                .map_err(|_| format!("{place}: strings must be UTF-8"))?
                 .to_string(),
         ),
-        LuaValue::Table(t) => table_to_json(t, path, depth)?,
+        LuaValue::Table(t) => table_to_json(t, place, depth, allow)?,
         LuaValue::LightUserData(p) if p.0.is_null() => Value::Null,
         other => {
             return Err(format!(
-                "{path}: a {} cannot be a config value",
+                "{place}: a {} cannot be a config value",
                 other.type_name()
             ))
         }
@@ -1193,6 +1371,56 @@ mod tests {
             e.starts_with("taskmaster.lua:2: os.exit cannot end the daemon"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shared_subtables_count_each_time_they_appear() {
+        // 2^21 values once expanded, from a few dozen tables.
+        let e = load_err(
+            "local t = {}\nfor i = 1, 20 do t = {t, t} end\nreturn { services = {}, x = t }\n",
+        );
+        assert!(e.contains("more than 1000000 values"), "{e}");
+        // 2^30: refused as fast (the expansion used to take gigabytes).
+        let started = Instant::now();
+        let e = load_err(
+            "local t = {}\nfor i = 1, 30 do t = {t, t} end\nreturn { services = {}, x = t }\n",
+        );
+        assert!(e.contains("more than 1000000 values"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn cycles_and_shared_strings_are_bounded_too() {
+        let e = load_err("local t = {}\nt[1] = t\nt[2] = t\nreturn { services = {}, x = t }\n");
+        assert!(e.contains("nested too deeply"), "{e}");
+        // A cycle under a big table: the walk's own count stops it.
+        let e = load_err(
+            "local t = { {} }\nfor i = 1, 600000 do t[1][i] = i end\nt[2] = t\nreturn { services = {}, x = t }\n",
+        );
+        assert!(e.contains("more than 1000000 values"), "{e}");
+        // One 64 MiB string, shared: counted each time it appears.
+        let e = load_err(
+            "local s = string.rep('x', 64 << 20)\nreturn { services = {}, x = { s, s, s, s, s } }\n",
+        );
+        assert!(e.contains("take more than 256 MiB"), "{e}");
+    }
+
+    #[test]
+    fn the_value_limit_is_exact() {
+        // The root, `services` and `x` count too: 3 + N values. The first
+        // item is no config value, so an accepted count fails right there
+        // (without copying a million values).
+        let list = |n: usize| {
+            format!("local l = {{ print }}\nfor i = 2, {n} do l[i] = i end\nreturn {{ services = {{}}, x = l }}\n")
+        };
+        let at_limit = load_err(&list(MAX_VALUES - 3));
+        assert_eq!(at_limit, "x[1]: a function cannot be a config value");
+        let over = load_err(&list(MAX_VALUES - 2));
+        assert!(over.contains("more than 1000000 values"), "{over}");
     }
 
     #[test]

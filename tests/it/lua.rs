@@ -7,6 +7,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::common::*;
 
 /// Waits (bounded) until `path` exists: a marker a child or a hook creates.
@@ -19,6 +22,30 @@ fn wait_exists(path: &Path, timeout: Duration) {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request on a fresh connection whose reply must come within `timeout`
+/// (the fixture's `request` waits a minute, too long for "promptly").
+fn request_within(d: &Daemon, cmd: &str, timeout: Duration) -> Value {
+    let mut ws = d.connect();
+    let req = json!({"id": 1, "cmd": cmd, "args": []});
+    ws.send(Message::text(req.to_string())).expect("send");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no reply to {cmd} within {timeout:?}");
+        set_timeout(&mut ws, Some(left));
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).expect("JSON reply");
+                if v.get("event").is_none() && v["id"] == 1 {
+                    return v;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no reply to {cmd} within {timeout:?}: {e}"),
+        }
     }
 }
 
@@ -353,4 +380,25 @@ return { services = {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `t = {t, t}` thirty times: 2^30 values once shared tables are expanded.
+const SHARED: &str =
+    "local t = {}\nfor i = 1, 30 do t = {t, t} end\nreturn { services = {}, x = t }\n";
+
+#[test]
+fn a_config_of_shared_subtables_fails_promptly_and_changes_nothing() {
+    let mut d = Daemon::start(
+        "lua-shared",
+        "return { services = { keep = { cmd = 'sleep 1000', starttime = 0 } } }",
+    );
+    let pid = d.wait_state("keep:0", "RUNNING", secs(10))["pid"].clone();
+    fs::write(&d.config, SHARED).unwrap();
+    let t = Instant::now();
+    let reply = request_within(&d, "reload", secs(15));
+    assert!(t.elapsed() < secs(10), "{:?}", t.elapsed());
+    assert_eq!(reply["ok"], false, "{reply}");
+    let error = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("1000000 values"), "{reply}");
+    assert_eq!(d.instance("keep:0")["pid"], pid);
 }
