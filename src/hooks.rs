@@ -295,7 +295,7 @@ fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
     let Event::Transition(t) = event else {
         return lua.to_value_with(event, serde_options());
     };
-    let table = lua.create_table_with_capacity(0, 11)?;
+    let table = lua.create_table_with_capacity(0, 13)?;
     table.raw_set("event", "transition")?;
     table.raw_set("name", t.name.as_str())?;
     table.raw_set("service", t.service.as_str())?;
@@ -307,6 +307,8 @@ fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
     table.raw_set("signal", t.signal.as_deref())?;
     table.raw_set("expected", t.expected)?;
     table.raw_set("time", t.time)?;
+    table.raw_set("description", t.description.as_str())?;
+    table.raw_set("restarts", t.restarts)?;
     Ok(LuaValue::Table(table))
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The chunk is named after its file so errors read `taskmaster.lua:12: ...`.
 //! `load_json`, `dofile` and `require` resolve relative names against the
-//! config's folder (`require` also searches its `scripts/`), and every file
-//! they read is recorded so the watcher can follow it. Evaluation runs under
+//! config's folder (`require` also searches its `scripts/`, then the modules
+//! of `scripts/` shipped inside the binary), and every file they read is
+//! recorded so the watcher can follow it. Evaluation runs under
 //! an instruction-count hook with a wall-clock deadline that stays expired
 //! (a `pcall` cannot swallow it) and a memory limit, so a config that loops or
 //! allocates forever fails with a clear error instead of hanging the daemon.
@@ -247,16 +248,32 @@ fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Res
         format!("{lua_base}/?.lua;{lua_base}/?/init.lua;{lua_base}/scripts/?.lua;{lua_base}/scripts/?/init.lua;{path}"),
     )?;
 
+    let bundled = lua.create_table_with_capacity(0, BUNDLED.len())?;
+    for (name, source) in BUNDLED {
+        bundled.raw_set(*name, *source)?;
+    }
     let (module, handlers): (Table, Table) = lua.load(PRELUDE).set_name("=taskmaster").call((
         resolve,
         read_json,
         log,
         base_str.clone(),
+        bundled,
     ))?;
     lua.set_named_registry_value(MODULE_KEY, module)?;
     lua.set_named_registry_value(HANDLERS_KEY, handlers)?;
     Ok(())
 }
+
+/// The Lua modules shipped inside the binary (SPEC §18), found by `require`
+/// from any config folder. A file of the same name on the search path (the
+/// config folder, its `scripts/`, then Lua's own) wins: their searcher is
+/// the last one.
+const BUNDLED: &[(&str, &str)] = &[
+    ("crashguard", include_str!("../../scripts/crashguard.lua")),
+    ("json", include_str!("../../scripts/json.lua")),
+    ("jsonlog", include_str!("../../scripts/jsonlog.lua")),
+    ("webhook", include_str!("../../scripts/webhook.lua")),
+];
 
 /// Lua's package.path treats `;` and `?` specially; nothing else needs escaping.
 fn lua_pattern_escape(s: &str) -> String {
@@ -265,8 +282,8 @@ fn lua_pattern_escape(s: &str) -> String {
 
 /// Lua side of `prepare`: error levels point at the caller's file:line.
 const PRELUDE: &str = r#"
-local resolve, read_json, log, config_dir = ...
-local orig_dofile, loadfile, searchpath = dofile, loadfile, package.searchpath
+local resolve, read_json, log, config_dir, bundled = ...
+local orig_dofile, loadfile, searchpath, load = dofile, loadfile, package.searchpath, load
 
 -- The config and its hooks run inside the daemon: ending the process is
 -- never theirs to do. An error instead, at the caller's file:line.
@@ -294,6 +311,15 @@ table.insert(package.searchers, 2, function(name)
   local chunk, lerr = loadfile(found)
   if not chunk then error(lerr, 0) end
   return chunk, found
+end)
+
+-- Last: the modules shipped in the binary, for names no file provides.
+table.insert(package.searchers, function(name)
+  local source = bundled[name]
+  if not source then return "no bundled module '" .. name .. "'" end
+  local chunk, lerr = load(source, "=[bundled] " .. name .. ".lua", "t")
+  if not chunk then error(lerr, 0) end
+  return chunk, ":bundled:" .. name
 end)
 
 local handlers = {}

@@ -361,7 +361,11 @@ return {{ services = {{
     assert_eq!(bodies[0]["name"], "crashes:0");
     assert_eq!(bodies[0]["exitcode"], 5);
     assert_eq!(bodies[0]["expected"], false);
+    assert_eq!(bodies[0]["reason"], "exit status 5; not expected");
     assert_eq!(bodies[1]["alert"], "FATAL");
     assert_eq!(bodies[1]["name"], "dies:0");
     assert_eq!(bodies[1]["to"], "FATAL");
+    // The reason and the exit code of the attempt that gave up.
+    assert_eq!(bodies[1]["reason"], "exited too quickly (exit status 1)");
+    assert_eq!(bodies[1]["exitcode"], 1);
 }

@@ -402,3 +402,60 @@ fn a_config_of_shared_subtables_fails_promptly_and_changes_nothing() {
     assert!(error.contains("1000000 values"), "{reply}");
     assert_eq!(d.instance("keep:0")["pid"], pid);
 }
+
+const BUNDLED: [&str; 4] = ["webhook", "jsonlog", "crashguard", "json"];
+
+#[test]
+fn bundled_modules_are_found_from_any_folder() {
+    // A folder with no scripts/: the modules come from the binary.
+    let dir = temp_dir("lua-bundled");
+    let mut lua = String::from("local tm = require('taskmaster')\nlocal kinds = {}\n");
+    for m in BUNDLED {
+        lua.push_str(&format!(
+            "kinds[#kinds + 1] = '{m}=' .. type(require('{m}'))\n"
+        ));
+    }
+    lua.push_str(
+        "kinds[#kinds + 1] = require('json').encode({ a = { 1, 2 } })\n\
+         local f = io.open(tm.config_dir .. '/kinds.txt', 'w'); f:write(table.concat(kinds, ' ')); f:close()\n\
+         return { services = {} }\n",
+    );
+    fs::write(dir.join("taskmaster.lua"), lua).unwrap();
+    let mut d = Daemon::adopt(dir);
+    assert_eq!(d.status().len(), 0);
+    assert_eq!(
+        fs::read_to_string(d.dir.join("kinds.txt")).unwrap(),
+        "webhook=table jsonlog=table crashguard=table json=table {\"a\":[1,2]}"
+    );
+}
+
+#[test]
+fn a_file_in_the_config_folder_wins_over_the_bundled_module() {
+    let dir = temp_dir("lua-override");
+    fs::create_dir_all(dir.join("scripts")).unwrap();
+    fs::write(
+        dir.join("json.lua"),
+        "return { encode = function() return 'mine' end }",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("scripts/crashguard.lua"),
+        "return { who = 'scripts' }",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("taskmaster.lua"),
+        "local tm = require('taskmaster')\n\
+         local f = io.open(tm.config_dir .. '/who.txt', 'w')\n\
+         f:write(require('json').encode({}), ' ', require('crashguard').who, ' ', type(require('jsonlog').setup))\n\
+         f:close()\nreturn { services = {} }\n",
+    )
+    .unwrap();
+    let d = Daemon::adopt(dir);
+    // The bundled jsonlog, with its require("json") finding the local file.
+    assert_eq!(
+        fs::read_to_string(d.dir.join("who.txt")).unwrap(),
+        "mine scripts function"
+    );
+    assert!(d.log().contains("starting"), "{}", d.log());
+}
