@@ -8,9 +8,12 @@
 //! Each handler call has a wall-clock budget (`tm.hook_timeout`, 1 s by
 //! default) enforced by an instruction-count hook whose deadline stays
 //! expired, so a `pcall` inside the script cannot swallow the cut-off, and
-//! the state has a memory limit. Errors and cut-offs are logged with the
-//! file:line Lua reports and the event that triggered them; the next
-//! handlers still run.
+//! the state has a memory limit. A command a handler waits for through
+//! `os.execute` or `io.popen` is killed when the budget expires (see
+//! `config/lua.rs`), so a blocking call is cut off on time too. Errors and
+//! cut-offs are logged with the file:line Lua reports and the event that
+//! triggered them; the next handlers still run. Handlers see the event's
+//! fields plus its `description` (status text) and `restarts`.
 //!
 //! `tm.start/stop/restart` queue the same requests as the commands without
 //! waiting for them to settle (a hook stopping its own service cannot
@@ -295,7 +298,7 @@ fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
     let Event::Transition(t) = event else {
         return lua.to_value_with(event, serde_options());
     };
-    let table = lua.create_table_with_capacity(0, 11)?;
+    let table = lua.create_table_with_capacity(0, 13)?;
     table.raw_set("event", "transition")?;
     table.raw_set("name", t.name.as_str())?;
     table.raw_set("service", t.service.as_str())?;
@@ -307,6 +310,8 @@ fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
     table.raw_set("signal", t.signal.as_deref())?;
     table.raw_set("expected", t.expected)?;
     table.raw_set("time", t.time)?;
+    table.raw_set("description", t.description.as_str())?;
+    table.raw_set("restarts", t.restarts)?;
     Ok(LuaValue::Table(table))
 }
 

@@ -184,49 +184,35 @@ return { services = { s = { cmd = "sleep 1000", starttime = 0 } } }"#;
 
 #[test]
 fn exec_runs_without_waiting_and_leaves_no_zombie() {
+    // The command waits (up to 10 s) for a file the hook creates only after
+    // tm.exec returned, then says whether it saw it; `$((6*7))` makes the
+    // line one only the shell can print (the log also shows the command).
     let lua = r#"local tm = require("taskmaster")
 tm.on("RUNNING", function(ev)
-  tm.exec("echo hello-from-exec; touch " .. tm.config_dir .. "/exec-ran; sleep 0.2")
-  tm.log("exec returned at once")
+  local go = "'" .. tm.config_dir .. "/go'"
+  tm.exec("i=0; while [ ! -e " .. go .. " ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+    .. "if [ -e " .. go .. " ]; then echo saw-go-$((6*7)); else echo no-go-$((6*7)); fi")
+  local f = assert(io.open(tm.config_dir .. "/go", "w")); f:close()
 end)
 return { services = { s = { cmd = "sleep 1000", starttime = 0 } } }"#;
-    let mut d = Daemon::start("hook-exec", lua);
-    d.wait_state("s:0", "RUNNING", secs(10));
-    wait_file(&d.dir.join("daemon.log"), secs(10), |l| {
-        l.contains("hello-from-exec")
-    });
-    assert!(d.dir.join("exec-ran").exists());
-    let log = d.log();
-    let returned = log.find("exec returned at once").unwrap();
-    let echoed = log.find("hello-from-exec").unwrap();
-    assert!(
-        returned < echoed || log.contains("lua: exec returned at once"),
-        "{log}"
-    );
-    // The sh exits after 0.2 s; the daemon must reap it (no event marks that).
+    let d = Daemon::start("hook-exec", lua);
+    let log = wait_file(&d.dir.join("daemon.log"), secs(20), |l| l.contains("go-42"));
+    let line = log.lines().find(|l| l.contains("go-42")).unwrap();
+    assert!(line.ends_with("]: saw-go-42"), "tm.exec waited: {line}");
+    // That shell exits right after: the daemon must reap it (no event marks
+    // that), so its pid disappears (a zombie would still answer kill 0).
+    let pid: i32 = line
+        .split("exec[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"));
     let deadline = Instant::now() + secs(5);
-    while !zombie_children(d.pid()).is_empty() || log_pids_alive(&d.log()) {
-        assert!(
-            Instant::now() < deadline,
-            "zombies: {:?}",
-            zombie_children(d.pid())
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "exec[{pid}] not reaped");
+        std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Whether the `exec[PID]` process named in the log still exists.
-fn log_pids_alive(log: &str) -> bool {
-    log.lines()
-        .filter_map(|l| {
-            l.split("exec[")
-                .nth(1)?
-                .split(']')
-                .next()?
-                .parse::<i32>()
-                .ok()
-        })
-        .any(alive)
+    assert!(zombie_children(d.pid()).is_empty());
 }
 
 #[test]
@@ -241,7 +227,11 @@ return { services = { selfstop = { cmd = "sleep 1000", starttime = 0 }, other = 
     let mut d = Daemon::start("hook-selfstop", lua);
     d.wait_state("selfstop:0", "STOPPED", secs(10));
     assert_eq!(d.instance("other:0")["state"], "RUNNING");
-    assert!(d.log().contains("status has 2 instances"));
+    // The hook goes on after tm.stop (which did not wait) and tm.status:
+    // its line may come after the stop has settled.
+    wait_file(&d.dir.join("daemon.log"), secs(10), |l| {
+        l.contains("status has 2 instances")
+    });
 }
 
 #[test]
@@ -361,7 +351,11 @@ return {{ services = {{
     assert_eq!(bodies[0]["name"], "crashes:0");
     assert_eq!(bodies[0]["exitcode"], 5);
     assert_eq!(bodies[0]["expected"], false);
+    assert_eq!(bodies[0]["reason"], "exit status 5; not expected");
     assert_eq!(bodies[1]["alert"], "FATAL");
     assert_eq!(bodies[1]["name"], "dies:0");
     assert_eq!(bodies[1]["to"], "FATAL");
+    // The reason and the exit code of the attempt that gave up.
+    assert_eq!(bodies[1]["reason"], "exited too quickly (exit status 1)");
+    assert_eq!(bodies[1]["exitcode"], 1);
 }

@@ -8,6 +8,7 @@ mod faults;
 mod hardening;
 mod hooks;
 mod logging;
+mod lua;
 mod output;
 mod reload;
 mod server;
