@@ -345,6 +345,13 @@ fn drain(src: &mut Source, buf: &mut [u8], budget: u64) -> bool {
     while moved < budget {
         let mut room = writer.room(&open);
         if room == 0 && !rotate_failed {
+            // Rotate only for bytes that are there: a file that ends exactly
+            // full stays the current one.
+            match waiting(&src.fd) {
+                Waiting::Bytes => {}
+                Waiting::Nothing => return false,
+                Waiting::HungUp => return true,
+            }
             match writer.rotate(&mut open) {
                 Ok(()) => continue,
                 Err(e) => {
@@ -372,6 +379,32 @@ fn drain(src: &mut Source, buf: &mut [u8], budget: u64) -> bool {
         }
     }
     false
+}
+
+enum Waiting {
+    Bytes,
+    Nothing,
+    HungUp,
+}
+
+/// Whether a pipe holds bytes, is empty, or is empty with every writer gone.
+fn waiting(fd: &OwnedFd) -> Waiting {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD into a local int; poll on one descriptor we own.
+    unsafe {
+        if libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) == 0 && n > 0 {
+            return Waiting::Bytes;
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLHUP != 0 {
+            return Waiting::HungUp;
+        }
+    }
+    Waiting::Nothing
 }
 
 enum Step {
@@ -499,7 +532,12 @@ pub struct Pipes(pub(super) Vec<(OwnedFd, Arc<Writer>)>);
 impl Output {
     /// The writer of `path`, created (with its folder) on first use. The
     /// first service to name a path sets its rotation for everyone.
-    pub(super) fn writer(&self, path: &Path, rotation: Rotation, timestamps: bool) -> io::Result<Arc<Writer>> {
+    pub(super) fn writer(
+        &self,
+        path: &Path,
+        rotation: Rotation,
+        timestamps: bool,
+    ) -> io::Result<Arc<Writer>> {
         let mut writers = lock(&self.inner.writers);
         if let Some(w) = writers.get(path) {
             return Ok(w.clone());

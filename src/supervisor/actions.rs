@@ -30,7 +30,8 @@ impl Supervisor {
                 Event::Exited { exit, .. } => Some((inst.proc.pid.or(inst.last_pid), *exit)),
                 _ => None,
             };
-            let early_exit = matches!(event, Event::Exited { .. }) && inst.proc.state == State::Starting;
+            let early_exit =
+                matches!(event, Event::Exited { .. }) && inst.proc.state == State::Starting;
             let step = match inst.proc.handle(&policy, event, now()) {
                 Ok(step) => step,
                 Err(r) if is_first => return Err(r),
