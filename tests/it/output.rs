@@ -29,7 +29,7 @@ fn rotated(dir: &Path, name: &str) -> (Vec<u8>, u64, usize) {
             }
         })
         .collect();
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     let mut all = Vec::new();
     let mut largest = 0;
     for (_, p) in &parts {
