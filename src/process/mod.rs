@@ -43,8 +43,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::SpawnSpec;
 use argv::Launch;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 pub use guard::start_group_guard;
 
@@ -256,14 +257,27 @@ fn with_original_nofile<T>(spawn: impl FnOnce() -> T) -> T {
 /// Spawns one instance with the given output streams (see
 /// `output::capture`); returns its pid (= its process group) or why it
 /// could not start.
+/// What to run for one instance (the process side of a service's
+/// `SpawnSpec`; `process` sits below `config` and does not know it).
+pub struct Program<'a> {
+    /// Command line (see [`argv`]).
+    pub cmd: &'a str,
+    /// Variables added to the daemon's (cleaned) environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Working directory, or the daemon's.
+    pub workingdir: Option<&'a Path>,
+    /// Child umask, or inherited.
+    pub umask: Option<u32>,
+}
+
 pub fn spawn(
-    req: &SpawnSpec,
+    req: &Program<'_>,
     service: &str,
     instance: u32,
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<u32, String> {
-    let mut command = match argv::launch(&req.cmd) {
+    let mut command = match argv::launch(req.cmd) {
         Launch::Direct(argv) => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
@@ -276,7 +290,7 @@ pub fn spawn(
         }
     };
     clean_env(&mut command);
-    if let Some(dir) = &req.workingdir {
+    if let Some(dir) = req.workingdir {
         if !dir.is_dir() {
             return Err(format!(
                 "spawn error: working directory {} does not exist",
@@ -286,7 +300,7 @@ pub fn spawn(
         command.current_dir(dir);
     }
     command
-        .envs(&req.env)
+        .envs(req.env)
         .env("TASKMASTER_SERVICE", service)
         .env("TASKMASTER_INSTANCE", instance.to_string())
         .stdin(dev_null())
@@ -306,7 +320,7 @@ pub fn spawn(
         // The Child handle is dropped without waiting: reaping is done for
         // every child at once by `reap`.
         Ok(child) => Ok(child.id()),
-        Err(e) => Err(spawn_error(&req.cmd, &e)),
+        Err(e) => Err(spawn_error(req.cmd, &e)),
     }
 }
 

@@ -45,7 +45,13 @@ impl Os {
 impl Spawner for Os {
     fn spawn(&mut self, spec: &SpawnSpec, service: &str, index: u32) -> Result<u32, String> {
         let capture = self.output.capture(spec)?;
-        let pid = process::spawn(spec, service, index, capture.stdout, capture.stderr)?;
+        let program = process::Program {
+            cmd: &spec.cmd,
+            env: &spec.env,
+            workingdir: spec.workingdir.as_deref(),
+            umask: spec.umask,
+        };
+        let pid = process::spawn(&program, service, index, capture.stdout, capture.stderr)?;
         self.output.attach(pid, capture.pipes);
         Ok(pid)
     }
