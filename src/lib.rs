@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod hooks;
 pub mod log;
 pub mod output;

@@ -104,6 +104,70 @@ pub struct Policy {
     pub stopsignal: Signal,
     /// Grace period after the stop signal before SIGKILL.
     pub stoptime: Duration,
+    /// How to tell that an instance works (SPEC §11).
+    pub healthcheck: Option<Healthcheck>,
+    /// Services this one waits for, with the condition each must meet.
+    pub depends_on: BTreeMap<String, Condition>,
+}
+
+/// A health probe and its schedule (SPEC §11). Strings may hold
+/// placeholders, expanded per instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Healthcheck {
+    /// What to check.
+    pub probe: Probe,
+    /// Between probes.
+    pub interval: Duration,
+    /// A probe that takes longer fails (a `cmd` probe's group is killed).
+    pub timeout: Duration,
+    /// Failures in a row that make the instance unhealthy (≥ 1).
+    pub retries: u32,
+    /// After entering RUNNING, before the first probe.
+    pub start_period: Duration,
+    /// What entering "unhealthy" does.
+    pub on_unhealthy: OnUnhealthy,
+}
+
+/// One kind of probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `/bin/sh -c CMD` with the instance's env, user and workingdir; exit 0 passes.
+    Cmd(String),
+    /// An `http://` URL; a 2xx or 3xx status passes.
+    Http(String),
+    /// `host:port`; a completed connect passes.
+    Tcp(String),
+}
+
+/// What an unhealthy instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// Restarted (stopsignal, stoptime, spawn; `restarts` + 1).
+    Restart,
+    /// Nothing but the state.
+    None,
+}
+
+/// What a dependency must reach (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// Every instance RUNNING.
+    Started,
+    /// Every instance healthy.
+    Healthy,
+    /// Every instance EXITED with an expected code.
+    Completed,
+}
+
+impl Condition {
+    /// `started` / `healthy` / `completed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+            Condition::Completed => "completed",
+        }
+    }
 }
 
 impl Default for Policy {
@@ -116,6 +180,8 @@ impl Default for Policy {
             starttime: Duration::from_secs(1),
             stopsignal: Signal::SIGTERM,
             stoptime: Duration::from_secs(10),
+            healthcheck: None,
+            depends_on: BTreeMap::new(),
         }
     }
 }

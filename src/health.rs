@@ -1,0 +1,1 @@
+//! Health probes (SPEC §11), run off the actor: `cmd`, `http`, `tcp`.
