@@ -52,6 +52,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Memory the hook state may grow by beyond what the config itself used.
 pub const MEMORY_HEADROOM: usize = 64 * 1024 * 1024;
 
+// Events are the common case and move through the queue by value; boxing
+// them would cost an allocation per event for the rare config swap's sake.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Event),
     Replace(Option<HookState>),
@@ -265,6 +268,11 @@ impl Host {
         let names: &[&str] = match event {
             Event::Transition(t) => &[t.to.as_str(), "transition"],
             Event::Reload(_) => &["reload"],
+            Event::Health(h) => match h.health.as_str() {
+                "healthy" => &["healthy"],
+                "unhealthy" => &["unhealthy"],
+                _ => &[],
+            },
         };
         let Ok(handlers) = lua.named_registry_value::<Table>(HANDLERS_KEY) else {
             return;
@@ -312,6 +320,10 @@ fn event_value(lua: &Lua, event: &Event) -> mlua::Result<LuaValue> {
     table.raw_set("time", t.time)?;
     table.raw_set("description", t.description.as_str())?;
     table.raw_set("restarts", t.restarts)?;
+    table.raw_set("health", t.health.as_deref())?;
+    if let Some(w) = &t.waiting_for {
+        table.raw_set("waiting_for", w.clone())?;
+    }
     Ok(LuaValue::Table(table))
 }
 
@@ -320,6 +332,7 @@ fn label(event: &Event) -> String {
     match event {
         Event::Transition(t) => format!("{} {} -> {}", t.name, t.from, t.to),
         Event::Reload(r) => format!("reload ({})", if r.ok { "ok" } else { "failed" }),
+        Event::Health(h) => format!("{} {}", h.name, h.health),
     }
 }
 

@@ -173,6 +173,13 @@ pub struct InstanceInfo {
     pub restarts: u32,
     /// The supervisorctl-style status text (`pid 123, uptime 0:00:12`).
     pub description: String,
+    /// `"starting"`, `"healthy"`, `"unhealthy"`, or null (not RUNNING, or
+    /// no healthcheck).
+    #[serde(default)]
+    pub health: Option<String>,
+    /// While WAITING: the services it waits for; else null.
+    #[serde(default)]
+    pub waiting_for: Option<Vec<String>>,
 }
 
 /// The `config` section of a `status` reply.
@@ -248,6 +255,29 @@ pub struct TransitionEvent {
     /// The instance's automatic restarts after the change.
     #[serde(default)]
     pub restarts: u32,
+    /// The instance's health after the change (see [`InstanceInfo`]).
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The services it waits for, while WAITING.
+    #[serde(default)]
+    pub waiting_for: Option<Vec<String>>,
+}
+
+/// An instance's health changed (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    /// `web:0`.
+    pub name: String,
+    /// `web`.
+    pub service: String,
+    /// 0-based index.
+    pub instance: u32,
+    /// `starting`, `healthy`, `unhealthy`.
+    pub health: String,
+    /// The last probe's output (first 200 bytes).
+    pub output: String,
+    /// Unix seconds.
+    pub time: f64,
 }
 
 /// The result of one reload attempt, as pushed to subscribers and hooks.
@@ -269,6 +299,8 @@ pub enum Event {
     Transition(TransitionEvent),
     /// A reload was attempted.
     Reload(ReloadEvent),
+    /// An instance's health changed.
+    Health(HealthEvent),
 }
 
 #[cfg(test)]

@@ -340,6 +340,8 @@ mod tests {
             signal: None,
             restarts: 0,
             description: description.into(),
+            health: None,
+            waiting_for: None,
         }
     }
 

@@ -18,13 +18,68 @@ impl Supervisor {
     pub(super) fn apply(&mut self, key: &Key, first: Event) -> Result<(), Refusal> {
         let mut queue = VecDeque::from([first]);
         let mut is_first = true;
+        let mut changed = false;
         while let Some(event) = queue.pop_front() {
+            // Every start path goes through the dependencies' verdict.
+            let event = if event == Event::Start && self.any_deps && !self.is_live(key) {
+                let mut gated = VecDeque::from(self.gate_start(key));
+                let first = gated.pop_front().unwrap_or(Event::Start);
+                for e in gated.into_iter().rev() {
+                    queue.push_front(e);
+                }
+                first
+            } else {
+                event
+            };
+            changed |= self.step(key, event, &mut queue, &mut is_first)?;
+        }
+        self.flush_waiters();
+        if changed {
+            self.after_change(key);
+        }
+        self.drop_retired(key);
+        Ok(())
+    }
+
+    /// What a state change of `key` may unblock: WAITING dependents, stops
+    /// deferred for dependents.
+    fn after_change(&mut self, key: &Key) {
+        if let Some(inst) = self.instances.get_mut(key) {
+            if inst.proc.state != State::Waiting {
+                inst.waiting_for.clear();
+            }
+        }
+        self.health_follows_state(key);
+        if self.any_deps {
+            let service = key.0.clone();
+            if self
+                .instances
+                .get(key)
+                .is_some_and(|i| i.proc.state == State::Waiting)
+            {
+                // Met meanwhile, or settled unmet: a waiting start is told.
+                self.reevaluate(&service);
+            }
+            self.reevaluate_dependents(&service);
+            self.release_stops();
+        }
+    }
+
+    /// One event of [`Supervisor::apply`]; true when the state changed.
+    fn step(
+        &mut self,
+        key: &Key,
+        event: Event,
+        queue: &mut VecDeque<Event>,
+        is_first: &mut bool,
+    ) -> Result<bool, Refusal> {
+        {
             let Some(svc) = self.services.get(&key.0) else {
-                return Ok(());
+                return Ok(false);
             };
             let policy = svc.config.policy.clone();
             let Some(inst) = self.instances.get_mut(key) else {
-                return Ok(());
+                return Ok(false);
             };
             let exited = match &event {
                 Event::Exited { exit, .. } => Some((inst.proc.pid.or(inst.last_pid), *exit)),
@@ -34,8 +89,8 @@ impl Supervisor {
                 matches!(event, Event::Exited { .. }) && inst.proc.state == State::Starting;
             let step = match inst.proc.handle(&policy, event, now()) {
                 Ok(step) => step,
-                Err(r) if is_first => return Err(r),
-                Err(_) => return Ok(()),
+                Err(r) if *is_first => return Err(r),
+                Err(_) => return Ok(false),
             };
             if early_exit {
                 // A failed start says why in its own words (SPEC §10).
@@ -45,11 +100,13 @@ impl Supervisor {
                     reason.push_str(&words);
                 }
             }
-            is_first = false;
+            *is_first = false;
+            let changed = !step.changes.is_empty();
             if let Some(pid) = inst.proc.pid {
                 inst.last_pid = Some(pid);
             }
             let mut restart_after_stop = false;
+            let mut respawn_after_stop = false;
             for (n, (from, to)) in step.changes.iter().enumerate() {
                 let exit = if n == 0 { exited } else { None };
                 let gives_up = step.changes.get(n + 1).is_some_and(|c| c.1 == State::Fatal);
@@ -60,12 +117,11 @@ impl Supervisor {
                     .map(|i| i.proc.describe(now()))
                     .unwrap_or_default();
                 self.waiters.on_change(key, *to, &reason);
-                if *to == State::Stopped {
-                    restart_after_stop |= self
-                        .instances
-                        .get_mut(key)
-                        .is_some_and(|i| std::mem::take(&mut i.restart_pending) && !i.retiring)
-                        && self.shutdown.is_empty();
+                if *to == State::Stopped && self.shutdown.is_empty() {
+                    if let Some(i) = self.instances.get_mut(key).filter(|i| !i.retiring) {
+                        restart_after_stop |= std::mem::take(&mut i.restart_pending);
+                        respawn_after_stop |= std::mem::take(&mut i.respawn_pending);
+                    }
                 }
             }
             for action in step.actions {
@@ -76,11 +132,21 @@ impl Supervisor {
             self.track(key);
             if restart_after_stop {
                 queue.push_back(Event::Start);
+            } else if respawn_after_stop {
+                queue.push_back(Event::Respawn);
             }
+            Ok(changed)
         }
-        self.flush_waiters();
-        self.drop_retired(key);
-        Ok(())
+    }
+
+    /// Whether `key` is on its way up already (a start changes nothing).
+    fn is_live(&self, key: &Key) -> bool {
+        self.instances.get(key).is_some_and(|i| {
+            matches!(
+                i.proc.state,
+                State::Running | State::Starting | State::Stopping | State::Waiting
+            )
+        })
     }
 
     /// Keeps `pids` and `draining` in line with the instance's state.
@@ -200,6 +266,10 @@ impl Supervisor {
                 p.reason.as_deref().unwrap_or("start failed")
             ),
             State::Stopping => crate::log!("waiting for {name} to stop (sent {}) {arrow}", policy.stopsignal.as_str()),
+            State::Waiting => crate::log!(
+                "{name} {} {arrow}",
+                super::deps::waiting_line(&inst.waiting_for)
+            ),
             State::Stopped => crate::log!(
                 "stopped: {name}{} {arrow}",
                 exit.map(|e| format!(" ({})", e.describe())).unwrap_or_default()
@@ -217,8 +287,11 @@ impl Supervisor {
             signal,
             expected,
             time: unix_now(),
-            description: p.describe(now()),
+            description: self.description(inst, now()),
             restarts: p.restarts,
+            health: inst.health.health.map(|h| h.name().to_string()),
+            waiting_for: (to == State::Waiting)
+                .then(|| inst.waiting_for.iter().map(|w| w.0.clone()).collect()),
         });
         if self.observer.wants_events() {
             self.hook_batch.push(event.clone());

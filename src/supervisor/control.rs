@@ -80,10 +80,12 @@ impl Supervisor {
             Control::Restart => Goal::Restart,
         };
         let id = self.waiters.register(&keys, goal, reply);
+        let ordered = action == Control::Stop && names.iter().any(|n| n == "all");
         self.pending.extend(keys.into_iter().map(|key| Pending {
             waiter: Some(id),
             key,
             action,
+            ordered,
         }));
         self.work_pending();
     }
@@ -95,6 +97,7 @@ impl Supervisor {
             waiter: None,
             key,
             action: Control::Start,
+            ordered: false,
         }));
     }
 
@@ -105,6 +108,7 @@ impl Supervisor {
                 waiter,
                 key,
                 action,
+                ordered,
             }) = self.pending.pop_front()
             else {
                 break;
@@ -122,12 +126,22 @@ impl Supervisor {
                 }
                 continue;
             }
+            if ordered {
+                // `stop all`: dependents first (SPEC §11).
+                if let Some(inst) = self.instances.get_mut(&key) {
+                    inst.restart_pending = false;
+                    inst.respawn_pending = false;
+                }
+                self.ordered_stop(&key);
+                continue;
+            }
             let event = match action {
                 Control::Start => Event::Start,
                 Control::Stop => {
                     // A stop cancels a start that waited for the old process.
                     if let Some(inst) = self.instances.get_mut(&key) {
                         inst.restart_pending = false;
+                        inst.respawn_pending = false;
                     }
                     Event::Stop
                 }

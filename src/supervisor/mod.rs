@@ -21,10 +21,12 @@
 
 mod actions;
 mod control;
+mod deps;
 mod handle;
 mod logs;
 mod names;
 pub mod observer;
+mod probing;
 mod reconfigure;
 pub mod reload;
 pub mod spawner;
@@ -32,6 +34,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 mod waiters;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -70,6 +73,13 @@ struct Inst {
     restart_pending: bool,
     /// The state the current start came from, for the spawn log line.
     starting_from: State,
+    /// While WAITING: the dependencies not met yet.
+    waiting_for: Vec<(String, crate::config::Condition)>,
+    /// Health probing (with a healthcheck).
+    health: probing::Probing,
+    /// Start again once STOPPED as an automatic restart (an unhealthy
+    /// instance): `restarts` + 1 instead of a fresh count.
+    respawn_pending: bool,
 }
 
 /// One service's current config.
@@ -91,6 +101,8 @@ struct Pending {
     key: Key,
     /// What to do to it.
     action: Control,
+    /// A stop of `stop all`: dependents first.
+    ordered: bool,
 }
 
 /// Instances acted on per turn of the actor loop.
@@ -124,8 +136,17 @@ pub struct Supervisor {
     flushing: HashMap<u32, (Key, Exit)>,
     /// Pids whose output flush finished (see [`Spawner::flush`]).
     flushed: Option<mpsc::UnboundedReceiver<u32>>,
+    /// Where probe tasks report (the run loop listens on the other end).
+    probes: (
+        mpsc::UnboundedSender<probing::Finished>,
+        Option<mpsc::UnboundedReceiver<probing::Finished>>,
+    ),
     /// Answered once everything is stopped after a shutdown request.
     shutdown: Vec<oneshot::Sender<()>>,
+    /// Whether any service has `depends_on` (skips dependency work if not).
+    any_deps: bool,
+    /// Stops of an ordered `stop all`/shutdown waiting for dependents.
+    stop_later: BTreeSet<Key>,
 }
 
 fn unix_now() -> f64 {
@@ -183,11 +204,18 @@ impl Supervisor {
             spawner,
             flushing: HashMap::new(),
             flushed: None,
+            probes: {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, Some(rx))
+            },
             shutdown: Vec::new(),
+            any_deps: false,
+            stop_later: BTreeSet::new(),
         };
         for (name, svc) in config.services {
             sup.add_service(name.into(), svc);
         }
+        sup.note_deps();
         (
             sup,
             Handle {
@@ -228,6 +256,9 @@ impl Supervisor {
             retiring: false,
             restart_pending: false,
             starting_from: State::Stopped,
+            waiting_for: Vec::new(),
+            health: probing::Probing::default(),
+            respawn_pending: false,
         };
         self.instances.insert(key, inst);
         true
@@ -243,6 +274,7 @@ impl Supervisor {
             }
         };
         self.queue_autostarts();
+        let mut probe_results = self.probes.1.take();
         loop {
             if !self.pending.is_empty() {
                 self.work_pending();
@@ -255,6 +287,7 @@ impl Supervisor {
             tokio::select! {
                 _ = sigchld.recv() => self.on_sigchld(),
                 Some(pid) = next_flushed(&mut self.flushed) => self.on_flushed(pid),
+                Some(done) = next_flushed(&mut probe_results) => self.on_probe(done),
                 req = rx.recv() => match req {
                     Some(req) => self.on_request(req),
                     None => self.begin_shutdown(None),
@@ -285,17 +318,27 @@ impl Supervisor {
         self.queue_starts(autostart);
     }
 
+    /// Recomputes whether any service has dependencies.
+    fn note_deps(&mut self) {
+        self.any_deps = self
+            .services
+            .values()
+            .any(|s| !s.config.policy.depends_on.is_empty());
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         self.instances
             .values()
-            .filter_map(|i| i.proc.deadline)
+            .flat_map(|i| [i.proc.deadline, i.health.due])
+            .flatten()
             .min()
     }
 
     fn all_gone(&self) -> bool {
-        self.instances.values().all(|i| {
-            i.proc.pid.is_none() && i.proc.state != State::Stopping && i.proc.drain.is_none()
-        })
+        self.stop_later.is_empty()
+            && self.instances.values().all(|i| {
+                i.proc.pid.is_none() && i.proc.state != State::Stopping && i.proc.drain.is_none()
+            })
     }
 
     fn on_sigchld(&mut self) {
@@ -339,6 +382,8 @@ impl Supervisor {
     }
 
     fn on_deadlines(&mut self) {
+        let tx = self.probes.0.clone();
+        self.run_due_probes(&tx);
         let now = now();
         let due: Vec<Key> = self
             .instances
@@ -409,9 +454,11 @@ impl Supervisor {
         if first {
             crate::log!("shutting down: stopping every instance");
             self.pending.clear();
+            // Dependents first: an instance gets its stopsignal once every
+            // instance of the services that depend on it is down.
             let keys: Vec<Key> = self.instances.keys().cloned().collect();
             for key in keys {
-                let _ = self.apply(&key, Event::Stop);
+                self.ordered_stop(&key);
             }
         }
     }
@@ -430,10 +477,25 @@ impl Supervisor {
         })
     }
 
+    /// The status text: the state machine's, the waiting line while
+    /// WAITING, and the health (`, healthy`) when there is one.
+    fn description(&self, inst: &Inst, now: Instant) -> String {
+        let mut d = match inst.proc.state {
+            State::Waiting => deps::waiting_line(&inst.waiting_for),
+            _ => inst.proc.describe(now),
+        };
+        if let Some(h) = inst.health.health {
+            d.push_str(", ");
+            d.push_str(h.name());
+        }
+        d
+    }
+
     fn info(&self, key: &Key, now: Instant) -> InstanceInfo {
         let inst = &self.instances[key];
         let p = &inst.proc;
         let (exitcode, signal) = exit_fields(p.last_exit);
+        let description = self.description(inst, now);
         InstanceInfo {
             name: inst.name.clone(),
             service: key.0.to_string(),
@@ -447,7 +509,10 @@ impl Supervisor {
             exitcode,
             signal,
             restarts: p.restarts,
-            description: p.describe(now),
+            description,
+            health: inst.health.health.map(|h| h.name().to_string()),
+            waiting_for: (p.state == State::Waiting)
+                .then(|| inst.waiting_for.iter().map(|w| w.0.clone()).collect()),
         }
     }
 }
@@ -460,7 +525,7 @@ fn exit_fields(exit: Option<Exit>) -> (Option<i32>, Option<String>) {
     }
 }
 
-async fn next_flushed(rx: &mut Option<mpsc::UnboundedReceiver<u32>>) -> Option<u32> {
+async fn next_flushed<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

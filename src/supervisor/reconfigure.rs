@@ -17,6 +17,7 @@ impl Supervisor {
         for name in &plan.removed {
             self.retire_service(name);
         }
+        let old_deps = self.any_deps;
         for (name, svc) in config.services {
             let name: Name = name.into();
             match plan.kind_of(&name) {
@@ -36,6 +37,14 @@ impl Supervisor {
                     self.change_service(name, svc, respawn)
                 }
                 _ => {}
+            }
+        }
+        self.note_deps();
+        if self.any_deps || old_deps {
+            // A dropped or changed dependency may no longer hold anyone.
+            let names: Vec<Name> = self.services.keys().cloned().collect();
+            for n in names {
+                self.reevaluate(&n);
             }
         }
         plan.data
@@ -104,6 +113,10 @@ impl Supervisor {
                     let _ = self.apply(&key, Event::Start);
                 }
             }
+        }
+        // A healthcheck added or removed takes effect at once.
+        for i in 0..new.numprocs.min(old_n) {
+            self.health_follows_state(&(name.clone(), i));
         }
         // New instances start when the service autostarts; one still
         // stopping from an earlier shrink is revived and starts once stopped.

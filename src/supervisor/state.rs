@@ -29,8 +29,10 @@ pub enum State {
     Stopping,
     /// Exited from RUNNING and not restarted.
     Exited,
-    /// Gave up after too many failed starts.
+    /// Gave up after too many failed starts (or a dependency failed).
     Fatal,
+    /// To start once its dependencies are met (SPEC §11).
+    Waiting,
 }
 
 impl State {
@@ -44,6 +46,7 @@ impl State {
             State::Stopping => "STOPPING",
             State::Exited => "EXITED",
             State::Fatal => "FATAL",
+            State::Waiting => "WAITING",
         }
     }
 }
@@ -55,6 +58,18 @@ pub enum Event {
     Start,
     /// Manual stop.
     Stop,
+    /// A start whose dependencies are not met yet: wait in WAITING.
+    Wait,
+    /// The dependencies of a WAITING instance are met: start it.
+    Go,
+    /// A dependency of a WAITING instance failed: FATAL.
+    DependencyFailed {
+        /// `dependency db is FATAL`.
+        reason: String,
+    },
+    /// An automatic restart from STOPPED (an unhealthy instance was
+    /// stopped to be restarted): counts in `restarts`, keeps nothing else.
+    Respawn,
     /// The spawn requested by [`Action::Spawn`] succeeded.
     Spawned {
         /// Pid (= process group id) of the new process.
@@ -230,6 +245,28 @@ impl Proc {
                 return Err(Refusal::AlreadyStarted)
             }
             (State::Stopping, Event::Start) => return Err(Refusal::Stopping),
+            // Already on its way: the reply settles when it runs.
+            (State::Waiting, Event::Start | Event::Wait) => {}
+            (State::Running | State::Starting | State::Stopping, Event::Wait) => {
+                return Err(Refusal::AlreadyStarted)
+            }
+            (_, Event::Wait) => {
+                self.retries = 0;
+                self.restarts = 0;
+                self.reason = None;
+                self.deadline = None;
+                self.go(State::Waiting, &mut step);
+            }
+            (State::Waiting, Event::Go) => self.begin_start(&mut step),
+            (State::Waiting, Event::DependencyFailed { reason }) => {
+                self.reason = Some(reason);
+                self.go(State::Fatal, &mut step);
+            }
+            (State::Stopped, Event::Respawn) => {
+                self.restarts += 1;
+                self.retries = 0;
+                self.begin_start(&mut step);
+            }
             (_, Event::Start) => {
                 self.retries = 0;
                 self.restarts = 0;
@@ -242,7 +279,7 @@ impl Proc {
                 step.actions.push(Action::Signal(policy.stopsignal));
                 self.go(State::Stopping, &mut step);
             }
-            (State::Backoff, Event::Stop) => {
+            (State::Backoff | State::Waiting, Event::Stop) => {
                 self.deadline = None;
                 self.go(State::Stopped, &mut step);
             }
@@ -267,6 +304,23 @@ impl Proc {
                 self.failed_start(policy, now, &mut step);
             }
 
+            // A one-shot job (autorestart never) that finishes well within
+            // starttime has completed, not failed (SPEC §18).
+            (State::Starting, Event::Exited { exit, group_alive })
+                if policy.autorestart == AutoRestart::Never
+                    && matches!(exit, Exit::Code(c) if policy.exitcodes.contains(&c)) =>
+            {
+                let group = self.pgid;
+                self.gone(exit);
+                self.deadline = None;
+                self.retries = 0;
+                self.reason = None;
+                self.expected = Some(true);
+                self.go(State::Exited, &mut step);
+                if group_alive {
+                    self.begin_drain(policy, group, AfterDrain::Stay, now, &mut step);
+                }
+            }
             (State::Starting, Event::Exited { exit, group_alive }) => {
                 let group = self.pgid;
                 self.gone(exit);
@@ -447,6 +501,7 @@ impl Proc {
                 }
                 None => String::new(),
             },
+            State::Waiting => String::new(),
             State::Stopped if !self.ever_started => "Not started".into(),
             State::Stopped => "stopped".into(),
         }

@@ -268,3 +268,135 @@ async fn replies_settle_when_the_instances_do_and_all_skips_what_does_not_apply(
     sup.settle();
     assert_eq!(rx.try_recv().expect("answered").expect("ok"), vec![]);
 }
+
+/// A config with `deps` added by hand: (dependent, dependency, condition).
+fn with_deps(services: Value, deps: &[(&str, &str, crate::config::Condition)]) -> Config {
+    let mut c = config(services);
+    for (svc, dep, cond) in deps {
+        if let Some(s) = c.services.get_mut(*svc) {
+            s.policy.depends_on.insert(dep.to_string(), *cond);
+        }
+    }
+    c
+}
+
+fn actor_on(config: Config) -> (Supervisor, Fake) {
+    let fake = Fake::default();
+    fake.world().stubborn_cmds.insert("stubborn".into());
+    let (mut sup, _, _) = Supervisor::with_spawner(
+        Config::default(),
+        PathBuf::from("/tmp/taskmaster.lua"),
+        Arc::new(NoObserver),
+        Box::new(fake.clone()),
+    );
+    sup.apply_config(config);
+    (sup, fake)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_waits_until_its_dependency_runs_then_starts() {
+    use crate::config::Condition::Started;
+    let (mut sup, fake) = actor_on(with_deps(
+        json!({ "db": { "cmd": "db" }, "api": { "cmd": "api", "starttime": 0 } }),
+        &[("api", "db", Started)],
+    ));
+    sup.settle();
+    assert_eq!(sup.state(&key("db", 0)).0, State::Starting);
+    assert_eq!(sup.state(&key("api", 0)).0, State::Waiting);
+    let info = sup.info(&key("api", 0), super::now());
+    assert_eq!(info.description, "waiting for db (started)");
+    sup.pass(Duration::from_secs(1)).await;
+    assert_eq!(sup.state(&key("db", 0)).0, State::Running);
+    assert_eq!(sup.state(&key("api", 0)).0, State::Running);
+    let spawns: Vec<String> = fake.world().spawns.iter().map(|s| s.1.clone()).collect();
+    assert_eq!(spawns, ["db", "api"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dependency_makes_the_waiting_instance_fatal() {
+    use crate::config::Condition::Started;
+    let (mut sup, fake) = actor_on(with_deps(
+        json!({ "db": { "cmd": "db", "startretries": 0 }, "api": { "cmd": "api" } }),
+        &[("api", "db", Started)],
+    ));
+    sup.settle();
+    let db = sup.state(&key("db", 0)).1.expect("db pid");
+    fake.exit(db, Exit::Code(1));
+    sup.settle();
+    assert_eq!(sup.state(&key("db", 0)).0, State::Fatal);
+    assert_eq!(sup.state(&key("api", 0)).0, State::Fatal);
+    assert_eq!(
+        sup.instances[&key("api", 0)].proc.reason.as_deref(),
+        Some("dependency db is FATAL")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_starts_dependencies_transitively_and_settles_when_running() {
+    use crate::config::Condition::{Completed, Started};
+    let (mut sup, fake) = actor_on(with_deps(
+        json!({
+            "db": { "cmd": "db", "autostart": false, "starttime": 0 },
+            "migrate": { "cmd": "migrate", "autostart": false, "autorestart": "never" },
+            "api": { "cmd": "api", "autostart": false, "starttime": 0 },
+        }),
+        &[("api", "migrate", Completed), ("migrate", "db", Started)],
+    ));
+    sup.settle();
+    assert!(fake.world().spawns.is_empty());
+    let (tx, mut rx) = oneshot::channel();
+    sup.control(Control::Start, vec!["api".into()], tx);
+    sup.settle();
+    assert_eq!(sup.state(&key("db", 0)).0, State::Running);
+    assert_eq!(sup.state(&key("migrate", 0)).0, State::Starting);
+    assert_eq!(sup.state(&key("api", 0)).0, State::Waiting);
+    assert!(rx.try_recv().is_err());
+    // The one-shot job finishes within its starttime: completed.
+    let m = sup.state(&key("migrate", 0)).1.expect("pid");
+    fake.exit(m, Exit::Code(0));
+    sup.settle();
+    assert_eq!(sup.state(&key("migrate", 0)).0, State::Exited);
+    assert_eq!(sup.state(&key("api", 0)).0, State::Running);
+    let r = rx.try_recv().expect("answered").expect("ok");
+    assert_eq!((r[0].name.as_str(), r[0].ok), ("api:0", true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_all_and_shutdown_stop_dependents_first_but_a_single_stop_does_not_cascade() {
+    use crate::config::Condition::Started;
+    let (mut sup, fake) = actor_on(with_deps(
+        json!({
+            "db": { "cmd": "stubborn", "starttime": 0, "stoptime": 1 },
+            "api": { "cmd": "stubborn", "starttime": 0, "stoptime": 1 },
+        }),
+        &[("api", "db", Started)],
+    ));
+    sup.settle();
+    let db = sup.state(&key("db", 0)).1.expect("db");
+    let api = sup.state(&key("api", 0)).1.expect("api");
+    // stop db alone: only db.
+    let (tx, _rx) = oneshot::channel();
+    sup.control(Control::Stop, vec!["db".into()], tx);
+    sup.settle();
+    assert_eq!(sup.state(&key("api", 0)).0, State::Running);
+    assert!(fake.world().signals.iter().all(|s| s.0 == db));
+    sup.pass(Duration::from_secs(1)).await;
+    let (tx, _rx) = oneshot::channel();
+    sup.control(Control::Start, vec!["db".into()], tx);
+    sup.settle();
+    let db = sup.state(&key("db", 0)).1.expect("db again");
+    fake.world().signals.clear();
+    sup.begin_shutdown(None);
+    sup.settle();
+    assert_eq!(fake.world().signals, [(api, Signal::SIGTERM)], "api first");
+    sup.pass(Duration::from_secs(1)).await;
+    let signals = fake.world().signals.clone();
+    assert_eq!(
+        signals,
+        [
+            (api, Signal::SIGTERM),
+            (api, Signal::SIGKILL),
+            (db, Signal::SIGTERM)
+        ]
+    );
+}

@@ -112,6 +112,18 @@ impl<R> Waiters<R> {
         }
     }
 
+    /// Settles every waiter wanting `goal` from `key` (a WAITING start
+    /// whose dependencies settled unmet).
+    pub fn settle_goal(&mut self, key: &Key, goal: Goal, ok: bool, message: &str) {
+        for t in self.open_targets(None, key).filter(|t| t.goal == goal) {
+            t.result = Some(ActionResult {
+                name: name_of(key),
+                ok,
+                message: message.into(),
+            });
+        }
+    }
+
     /// Changes what waiter `id` wants from `key` (a restart with nothing to
     /// stop just waits for the start).
     pub fn retarget(&mut self, id: u64, key: &Key, goal: Goal) {
