@@ -1,6 +1,7 @@
 //! One integration test binary (fast to link) with a module per area.
 
 mod cli;
+mod deps;
 mod commands;
 mod common;
 mod engine;
