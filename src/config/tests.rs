@@ -1,0 +1,135 @@
+//! The validator's own tests: defaults, every option, the wording of
+//! errors.
+
+use super::*;
+use serde_json::json;
+
+fn errors(v: Value) -> Vec<String> {
+    match validate(&v, Path::new("/etc/tm")) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected schema errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_match_the_spec_table() {
+    let c = validate(
+        &json!({"services": {"web": {"cmd": "sleep 1"}}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = &c.services["web"];
+    assert_eq!(s.numprocs, 1);
+    assert_eq!(s.policy, Policy::default());
+    assert_eq!(s.policy.starttime, Duration::from_secs(1));
+    assert_eq!(s.policy.stoptime, Duration::from_secs(10));
+    assert_eq!(s.spawn.stdout, None);
+    assert_eq!(s.spawn.umask, None);
+    assert!(s.spawn.env.is_empty());
+}
+
+#[test]
+fn every_option_is_read() {
+    let c = validate(
+        &json!({"services": {"web": {
+            "cmd": "x", "numprocs": 2.0, "autostart": false, "autorestart": "always",
+            "exitcodes": [0, 2], "startretries": 5, "starttime": 0.5, "stopsignal": "SIGUSR1",
+            "stoptime": 3, "stdout": "out.log", "stderr": "/abs/err.log",
+            "env": {"A": "b", "N": 5, "F": 1.5}, "workingdir": "wd", "umask": "027"
+        }}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = &c.services["web"];
+    assert_eq!(s.numprocs, 2);
+    assert!(!s.policy.autostart);
+    assert_eq!(s.policy.autorestart, AutoRestart::Always);
+    assert_eq!(s.policy.exitcodes, vec![0, 2]);
+    assert_eq!(s.policy.startretries, 5);
+    assert_eq!(s.policy.starttime, Duration::from_millis(500));
+    assert_eq!(s.policy.stopsignal, Signal::SIGUSR1);
+    assert_eq!(s.policy.stoptime, Duration::from_secs(3));
+    assert_eq!(s.spawn.stdout, Some(PathBuf::from("/b/out.log")));
+    assert_eq!(s.spawn.stderr, Some(PathBuf::from("/abs/err.log")));
+    assert_eq!(s.spawn.workingdir, Some(PathBuf::from("/b/wd")));
+    assert_eq!(s.spawn.umask, Some(0o027));
+    assert_eq!(s.spawn.env["N"], "5");
+    assert_eq!(s.spawn.env["F"], "1.5");
+}
+
+#[test]
+fn numprocs_range_names_the_field() {
+    let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 0}}}));
+    assert_eq!(
+        e,
+        vec!["services.web.numprocs: must be between 1 and 100, got 0"]
+    );
+    let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 101}}}));
+    assert_eq!(
+        e,
+        vec!["services.web.numprocs: must be between 1 and 100, got 101"]
+    );
+    let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 1.5}}}));
+    assert_eq!(
+        e,
+        vec!["services.web.numprocs: expected an integer, got number 1.5"]
+    );
+}
+
+#[test]
+fn unknown_option_suggests_the_near_one() {
+    let e = errors(json!({"services": {"web": {"cmd": "x", "autorestrat": "always"}}}));
+    assert_eq!(
+        e,
+        vec!["unknown option \"autorestrat\" in services.web — did you mean \"autorestart\"?"]
+    );
+    let e = errors(json!({"services": {"web": {"cmd": "x", "zzzzzzzz": 1}}}));
+    assert_eq!(e, vec!["unknown option \"zzzzzzzz\" in services.web"]);
+    let e = errors(json!({"service": {}}));
+    assert_eq!(
+        e,
+        vec!["unknown option \"service\" in config — did you mean \"services\"?"]
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let e = errors(json!({"services": {
+        "a": {"numprocs": 0},
+        "b": {"cmd": "x", "autorestart": "sometimes", "stopsignal": "NOPE", "umask": "999",
+              "exitcodes": [0, "x"], "starttime": -1, "env": {"K": true}, "startretries": -1},
+        "bad name": {"cmd": "x"}
+    }}));
+    let expected = [
+        "services.a.cmd: required option missing",
+        "services.a.numprocs: must be between 1 and 100, got 0",
+        "services.b.autorestart: expected \"always\", \"never\" or \"unexpected\", got string \"sometimes\"",
+        "services.b.exitcodes[2]: expected an integer, got string \"x\"",
+        "services.b.startretries: must be at least 0, got -1",
+        "services.b.starttime: must be a number of seconds >= 0, got -1",
+        "services.b.stopsignal: unknown signal \"NOPE\" (expected a name like \"TERM\")",
+        "services.b.umask: expected an octal umask like \"022\", got string \"999\"",
+        "services.b.env.K: expected a string or number, got boolean true",
+        "services.bad name: service names may only use letters, digits, '_', '.' and '-'",
+    ];
+    for want in expected {
+        assert!(e.iter().any(|m| m == want), "missing {want:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+}
+
+#[test]
+fn wrong_shapes_are_named() {
+    assert_eq!(
+        errors(json!([1])),
+        vec!["config: must be a table with a \"services\" field, got a list"]
+    );
+    assert_eq!(
+        errors(json!({"services": 3})),
+        vec!["services: expected a table of services, got number 3"]
+    );
+    assert_eq!(
+        errors(json!({"services": {"w": "sleep"}})),
+        vec!["services.w: expected a table of options, got string \"sleep\""]
+    );
+}
