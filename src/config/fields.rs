@@ -158,7 +158,8 @@ pub(super) fn file_path(
 ) -> Option<Option<PathBuf>> {
     match v {
         Value::Null => Some(None),
-        Value::String(s) if !s.is_empty() => Some(Some(base.join(s))),
+        // Stored as a template (SPEC §11 placeholders): see `placeholders::join`.
+        Value::String(s) if !s.is_empty() => Some(Some(super::placeholders::join(base, s))),
         other => {
             p.add(
                 path,

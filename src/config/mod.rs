@@ -12,12 +12,14 @@
 //! `fields.rs` holds the helpers that read one value each and word the
 //! errors, so every option of the same type fails with the same sentence;
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
-//! grammar of their own).
+//! grammar of their own). SPEC §11: `placeholders.rs` (`{instance}` in the
+//! templated fields, expanded per instance by `SpawnSpec::for_instance`).
 
 mod fields;
 pub mod json;
 pub mod lua;
 mod output;
+pub mod placeholders;
 
 pub use fields::{did_you_mean, parse_signal};
 
@@ -44,6 +46,10 @@ pub enum AutoRestart {
 }
 
 /// What a service's processes are started with; a change here restarts them.
+///
+/// `cmd`, the `env` values and the paths are templates (SPEC §11
+/// placeholders, braces in the config folder escaped): an instance is
+/// started with [`SpawnSpec::for_instance`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnSpec {
     /// Command line, run directly when plain, else through `/bin/sh -c`.
@@ -314,7 +320,7 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
                     );
                     continue;
                 }
-                if let Some(s) = service(svc, &path, base, &mut p) {
+                if let Some(s) = service(svc, name, base, &mut p) {
                     config.services.insert(name.clone(), s);
                 }
             }
@@ -332,7 +338,9 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
     }
 }
 
-fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Service> {
+/// Reads the service `name`.
+fn service(v: &Value, name: &str, base: &Path, p: &mut Problems) -> Option<Service> {
+    let path = &format!("services.{name}");
     let Some(obj) = v.as_object() else {
         p.add(
             path,
@@ -491,6 +499,8 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
             ),
         }
     }
+    // After `numprocs`: which instances the templates must expand for.
+    placeholders::check_spawn(&spawn, path, numprocs - 1, p);
     (p.count() == before).then_some(Service {
         numprocs,
         spawn,

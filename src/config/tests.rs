@@ -1,5 +1,6 @@
 //! The validator's own tests: defaults, every option, the wording of
-//! errors.
+//! errors, and the §11 options (placeholders in fields, `healthcheck`,
+//! `depends_on`) through both front-ends.
 
 use super::*;
 use serde_json::json;
@@ -132,4 +133,103 @@ fn wrong_shapes_are_named() {
         errors(json!({"services": {"w": "sleep"}})),
         vec!["services.w: expected a table of options, got string \"sleep\""]
     );
+}
+
+// SPEC §11: placeholders in the templated fields.
+
+#[test]
+fn placeholders_are_kept_as_templates_and_expand_per_instance() {
+    let c = validate(
+        &json!({"services": {"web": {
+            "cmd": "python3 -m http.server {instance+8000}", "numprocs": 3,
+            "env": {"PORT": "{instance+8000}", "NAME": "{name}", "LIT": "{{instance}}", "N": 5},
+            "stdout": "logs/{name}.log", "stderr": "/var/log/{service}-{instance:02}.err",
+            // Does not exist, and must not be looked for: it is a template.
+            "workingdir": "run/{instance}",
+        }}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = &c.services["web"].spawn;
+    // What the diff compares: the templates, joined to the config folder.
+    assert_eq!(s.cmd, "python3 -m http.server {instance+8000}");
+    assert_eq!(s.stdout, Some(PathBuf::from("/b/logs/{name}.log")));
+    assert_eq!(s.workingdir, Some(PathBuf::from("/b/run/{instance}")));
+
+    let one = s.for_instance("web", 1);
+    let mut want = s.clone();
+    want.cmd = "python3 -m http.server 8001".into();
+    want.env = [
+        ("PORT", "8001"),
+        ("NAME", "web:1"),
+        ("LIT", "{instance}"),
+        ("N", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // `{name}` holds a ':', which is fine in a path.
+    want.stdout = Some(PathBuf::from("/b/logs/web:1.log"));
+    want.stderr = Some(PathBuf::from("/var/log/web-01.err"));
+    want.workingdir = Some(PathBuf::from("/b/run/1"));
+    assert_eq!(one, want);
+    assert_eq!(s.for_instance("web", 0).env["PORT"], "8000");
+}
+
+#[test]
+fn without_placeholders_an_instance_gets_the_spec_itself() {
+    let c = validate(
+        &json!({"services": {"web": {
+            "cmd": "awk '{print $1}' ${HOME}", "env": {"A": "{b}"}, "stdout": "o.log"
+        }}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = &c.services["web"].spawn;
+    assert_eq!(&s.for_instance("web", 4), s);
+}
+
+#[test]
+fn braces_in_the_config_folder_are_not_placeholders() {
+    let c = validate(
+        &json!({"services": {"web": {"cmd": "x", "stdout": "o.log", "stderr": "{name}.err"}}}),
+        Path::new("/srv/{instance}}"),
+    )
+    .unwrap();
+    let s = c.services["web"].spawn.for_instance("web", 2);
+    assert_eq!(s.stdout, Some(PathBuf::from("/srv/{instance}}/o.log")));
+    assert_eq!(s.stderr, Some(PathBuf::from("/srv/{instance}}/web:2.err")));
+}
+
+#[test]
+fn a_negative_instance_is_an_error_in_every_templated_field() {
+    let e = errors(json!({"services": {"web": {
+        "cmd": "x {instance-5}", "numprocs": 4,
+        "env": {"PORT": "{instance-1}"},
+        "stdout": "{instance-2}.log", "stderr": "/e/{instance-1:03}", "workingdir": "w{instance-9}",
+    }}}));
+    assert_eq!(
+        e,
+        vec![
+            "services.web.cmd: {instance-5} is negative for instance 0",
+            "services.web.env.PORT: {instance-1} is negative for instance 0",
+            "services.web.stdout: {instance-2} is negative for instance 0",
+            "services.web.stderr: {instance-1:03} is negative for instance 0",
+            "services.web.workingdir: {instance-9} is negative for instance 0",
+        ]
+    );
+    assert_eq!(
+        errors(json!({"services": {"web": {"cmd": "x {instance+99999999999999999999}"}}})),
+        vec!["services.web.cmd: {instance+99999999999999999999} is out of range"]
+    );
+    assert_eq!(
+        errors(json!({"services": {"web": {"cmd": "x {instance:0100}"}}})),
+        vec!["services.web.cmd: {instance:0100} pads to more than 64 digits (out of range)"]
+    );
+    // `{instance-0}` and escaped text are fine.
+    validate(
+        &json!({"services": {"web": {"cmd": "x {instance-0} {{instance-1}}"}}}),
+        Path::new("/b"),
+    )
+    .unwrap();
 }
