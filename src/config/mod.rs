@@ -13,15 +13,18 @@
 //! errors, so every option of the same type fails with the same sentence;
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
 //! grammar of their own). SPEC §11: `placeholders.rs` (`{instance}` in the
-//! templated fields, expanded per instance by `SpawnSpec::for_instance`).
+//! templated fields, expanded per instance by `SpawnSpec::for_instance`),
+//! `healthcheck.rs` (and the probe targets' grammar).
 
 mod fields;
+mod healthcheck;
 pub mod json;
 pub mod lua;
 mod output;
 pub mod placeholders;
 
 pub use fields::{did_you_mean, parse_signal};
+pub use healthcheck::{http_target, tcp_target, HttpTarget};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -275,7 +278,8 @@ pub fn base_dir(path: &Path) -> &Path {
 }
 
 const TOP_KEYS: &[&str] = &["services"];
-/// The §3 options; the §10 ones are `output::KEYS`, next to their parsing.
+/// The §3 and §11 options; the §10 ones are `output::KEYS`, next to their
+/// parsing.
 const SERVICE_KEYS: &[&str] = &[
     "cmd",
     "numprocs",
@@ -291,6 +295,7 @@ const SERVICE_KEYS: &[&str] = &[
     "env",
     "workingdir",
     "umask",
+    "healthcheck",
 ];
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
@@ -500,7 +505,11 @@ fn service(v: &Value, name: &str, base: &Path, p: &mut Problems) -> Option<Servi
         }
     }
     // After `numprocs`: which instances the templates must expand for.
-    placeholders::check_spawn(&spawn, path, numprocs - 1, p);
+    let last = numprocs - 1;
+    placeholders::check_spawn(&spawn, path, last, p);
+    if let Some(v) = field("healthcheck") {
+        policy.healthcheck = healthcheck::read(v, &at("healthcheck"), name, last, p);
+    }
     (p.count() == before).then_some(Service {
         numprocs,
         spawn,

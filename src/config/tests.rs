@@ -207,6 +207,7 @@ fn a_negative_instance_is_an_error_in_every_templated_field() {
         "cmd": "x {instance-5}", "numprocs": 4,
         "env": {"PORT": "{instance-1}"},
         "stdout": "{instance-2}.log", "stderr": "/e/{instance-1:03}", "workingdir": "w{instance-9}",
+        "healthcheck": {"cmd": "check {instance-1}"},
     }}}));
     assert_eq!(
         e,
@@ -216,6 +217,7 @@ fn a_negative_instance_is_an_error_in_every_templated_field() {
             "services.web.stdout: {instance-2} is negative for instance 0",
             "services.web.stderr: {instance-1:03} is negative for instance 0",
             "services.web.workingdir: {instance-9} is negative for instance 0",
+            "services.web.healthcheck.cmd: {instance-1} is negative for instance 0",
         ]
     );
     assert_eq!(
@@ -232,4 +234,198 @@ fn a_negative_instance_is_an_error_in_every_templated_field() {
         Path::new("/b"),
     )
     .unwrap();
+}
+
+// SPEC §11: healthcheck.
+
+fn healthcheck(hc: Value, numprocs: u32) -> Result<Healthcheck, Vec<String>> {
+    let v = json!({"services": {"web": {"cmd": "x", "numprocs": numprocs, "healthcheck": hc}}});
+    match validate(&v, Path::new("/b")) {
+        Ok(c) => Ok(c.services["web"]
+            .policy
+            .healthcheck
+            .clone()
+            .expect("a healthcheck")),
+        Err(ConfigError::Invalid(e)) => Err(e),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[test]
+fn healthcheck_defaults_match_the_spec() {
+    assert_eq!(
+        healthcheck(json!({"cmd": "pg_isready"}), 1),
+        Ok(Healthcheck {
+            probe: Probe::Cmd("pg_isready".into()),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+            start_period: Duration::ZERO,
+            on_unhealthy: OnUnhealthy::Restart,
+        })
+    );
+    let c = validate(
+        &json!({"services": {"web": {"cmd": "x", "healthcheck": null}}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    assert_eq!(c.services["web"].policy.healthcheck, None);
+}
+
+#[test]
+fn healthcheck_every_field_is_read() {
+    assert_eq!(
+        healthcheck(
+            json!({"http": "http://127.0.0.1:{instance+8000}/health", "interval": 0.5,
+                   "timeout": 0.25, "retries": 5, "start_period": 2.5, "on_unhealthy": "none"}),
+            3
+        ),
+        Ok(Healthcheck {
+            probe: Probe::Http("http://127.0.0.1:{instance+8000}/health".into()),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(250),
+            retries: 5,
+            start_period: Duration::from_millis(2500),
+            on_unhealthy: OnUnhealthy::None,
+        })
+    );
+    let tcp = healthcheck(json!({"tcp": "[::1]:{instance+5432}"}), 2).unwrap();
+    assert_eq!(tcp.probe, Probe::Tcp("[::1]:{instance+5432}".into()));
+    assert_eq!(
+        tcp.for_instance("web", 1).probe,
+        Probe::Tcp("[::1]:5433".into())
+    );
+    assert_eq!(tcp.for_instance("web", 1).retries, 3);
+    let plain = healthcheck(json!({"tcp": "db:5432", "on_unhealthy": "restart"}), 1).unwrap();
+    assert_eq!(plain.for_instance("web", 0), plain);
+}
+
+#[test]
+fn healthcheck_errors_name_the_field() {
+    let p = "services.web.healthcheck";
+    let table: &[(Value, u32, String)] = &[
+        (
+            json!({}),
+            1,
+            format!("{p}: expected exactly one of cmd, http or tcp"),
+        ),
+        (
+            json!({"interval": 5}),
+            1,
+            format!("{p}: expected exactly one of cmd, http or tcp"),
+        ),
+        (
+            json!({"cmd": "a", "http": "http://h/"}),
+            1,
+            format!("{p}: expected exactly one of cmd, http or tcp, got cmd and http"),
+        ),
+        (
+            json!({"cmd": "a", "http": "http://h/", "tcp": "h:1"}),
+            1,
+            format!("{p}: expected exactly one of cmd, http or tcp, got cmd, http and tcp"),
+        ),
+        (
+            json!("pg_isready"),
+            1,
+            format!(
+                "{p}: expected a table with one of cmd, http or tcp, got string \"pg_isready\""
+            ),
+        ),
+        (
+            json!({"cmd": "a", "retries": 0}),
+            1,
+            format!("{p}.retries: must be at least 1, got 0"),
+        ),
+        (
+            json!({"cmd": "a", "retries": 1.5}),
+            1,
+            format!("{p}.retries: expected an integer, got number 1.5"),
+        ),
+        (
+            json!({"cmd": "a", "interval": 0}),
+            1,
+            format!("{p}.interval: must be a number of seconds > 0, got 0"),
+        ),
+        (
+            json!({"cmd": "a", "timeout": -1}),
+            1,
+            format!("{p}.timeout: must be a number of seconds > 0, got -1"),
+        ),
+        (
+            json!({"cmd": "a", "timeout": "1s"}),
+            1,
+            format!("{p}.timeout: expected a number of seconds, got string \"1s\""),
+        ),
+        (
+            json!({"cmd": "a", "start_period": -1}),
+            1,
+            format!("{p}.start_period: must be a number of seconds >= 0, got -1"),
+        ),
+        (
+            json!({"cmd": "a", "on_unhealthy": "stop"}),
+            1,
+            format!("{p}.on_unhealthy: expected \"restart\" or \"none\", got string \"stop\""),
+        ),
+        (
+            json!({"cmd": "a", "intervall": 5}),
+            1,
+            format!("unknown option \"intervall\" in {p} — did you mean \"interval\"?"),
+        ),
+        (
+            json!({"cmd": "a", "onunhealthy": "none"}),
+            1,
+            format!("unknown option \"onunhealthy\" in {p} — did you mean \"on_unhealthy\"?"),
+        ),
+        (json!({"cmd": " "}), 1, format!("{p}.cmd: must not be empty")),
+        (
+            json!({"cmd": 5}),
+            1,
+            format!("{p}.cmd: expected a string, got number 5"),
+        ),
+        (
+            json!({"http": "https://127.0.0.1/"}),
+            1,
+            format!("{p}.http: https:// is not supported (the probe speaks plain http:// only), got string \"https://127.0.0.1/\""),
+        ),
+        (
+            json!({"http": "localhost:8080"}),
+            1,
+            format!("{p}.http: expected an http:// URL, got string \"localhost:8080\""),
+        ),
+        (
+            json!({"http": "http:///health"}),
+            1,
+            format!("{p}.http: no host, got string \"http:///health\""),
+        ),
+        (
+            json!({"tcp": "localhost"}),
+            1,
+            format!("{p}.tcp: no port (expected \"host:port\"), got string \"localhost\""),
+        ),
+        (
+            json!({"tcp": "localhost:0"}),
+            1,
+            format!(
+                "{p}.tcp: the port must be a number from 1 to 65535, got string \"localhost:0\""
+            ),
+        ),
+        // Checked as each instance will probe it: fine at 0, not at 1.
+        (
+            json!({"tcp": "127.0.0.1:{instance+65535}"}),
+            2,
+            format!("{p}.tcp: the port must be a number from 1 to 65535, got string \"127.0.0.1:{{instance+65535}}\" (for instance 1: \"127.0.0.1:65536\")"),
+        ),
+        (
+            json!({"http": "http://{service}:{instance}/"}),
+            1,
+            format!("{p}.http: the port must be a number from 1 to 65535, got string \"http://{{service}}:{{instance}}/\" (for instance 0: \"http://web:0/\")"),
+        ),
+    ];
+    for (hc, numprocs, want) in table {
+        assert_eq!(
+            healthcheck(hc.clone(), *numprocs),
+            Err(vec![want.clone()]),
+            "{hc}"
+        );
+    }
 }
