@@ -14,8 +14,10 @@
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
 //! grammar of their own). SPEC §11: `placeholders.rs` (`{instance}` in the
 //! templated fields, expanded per instance by `SpawnSpec::for_instance`),
-//! `healthcheck.rs` (and the probe targets' grammar).
+//! `healthcheck.rs` (and the probe targets' grammar), `deps.rs`
+//! (`depends_on`, checked across services once every service is read).
 
+mod deps;
 mod fields;
 mod healthcheck;
 pub mod json;
@@ -296,6 +298,7 @@ const SERVICE_KEYS: &[&str] = &[
     "workingdir",
     "umask",
     "healthcheck",
+    "depends_on",
 ];
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
@@ -312,6 +315,7 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
     match top.get("services") {
         None | Some(Value::Null) => {}
         Some(Value::Object(services)) => {
+            let mut graph = BTreeMap::new();
             for (name, svc) in services {
                 let path = format!("services.{name}");
                 if name.is_empty()
@@ -325,10 +329,13 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
                     );
                     continue;
                 }
-                if let Some(s) = service(svc, name, base, &mut p) {
+                if let Some(s) = service(svc, name, base, &mut graph, &mut p) {
                     config.services.insert(name.clone(), s);
                 }
             }
+            // Last: these need every service, and add to the same list.
+            let declared: Vec<&str> = services.keys().map(String::as_str).collect();
+            deps::check(&graph, &declared, &mut p);
         }
         Some(Value::Array(a)) if a.is_empty() => {}
         Some(other) => p.add(
@@ -343,8 +350,15 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
     }
 }
 
-/// Reads the service `name`.
-fn service(v: &Value, name: &str, base: &Path, p: &mut Problems) -> Option<Service> {
+/// Reads the service `name`, adding what the cross-service checks need
+/// to `graph` even when its options have errors.
+fn service(
+    v: &Value,
+    name: &str,
+    base: &Path,
+    graph: &mut BTreeMap<String, deps::Node>,
+    p: &mut Problems,
+) -> Option<Service> {
     let path = &format!("services.{name}");
     let Some(obj) = v.as_object() else {
         p.add(
@@ -510,6 +524,16 @@ fn service(v: &Value, name: &str, base: &Path, p: &mut Problems) -> Option<Servi
     if let Some(v) = field("healthcheck") {
         policy.healthcheck = healthcheck::read(v, &at("healthcheck"), name, last, p);
     }
+    if let Some(v) = field("depends_on") {
+        policy.depends_on = deps::read(v, &at("depends_on"), p);
+    }
+    graph.insert(
+        name.to_string(),
+        deps::Node {
+            deps: policy.depends_on.clone(),
+            healthcheck: field("healthcheck").is_some(),
+        },
+    );
     (p.count() == before).then_some(Service {
         numprocs,
         spawn,

@@ -429,3 +429,223 @@ fn healthcheck_errors_name_the_field() {
         );
     }
 }
+
+// SPEC §11: depends_on.
+
+fn deps_of(c: &Config, name: &str) -> Vec<(String, Condition)> {
+    c.services[name]
+        .policy
+        .depends_on
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+#[test]
+fn depends_on_as_a_list_or_a_table() {
+    let c = validate(
+        &json!({"services": {
+            "db": {"cmd": "x", "healthcheck": {"tcp": "127.0.0.1:5432"}},
+            "migrate": {"cmd": "x"},
+            "cache": {"cmd": "x"},
+            "api": {"cmd": "x", "depends_on": {"db": "healthy", "migrate": "completed", "cache": "started"}},
+            "web": {"cmd": "x", "depends_on": ["api", "cache", "api"]},
+            "none": {"cmd": "x", "depends_on": []},
+            "empty": {"cmd": "x", "depends_on": {}},
+            "null": {"cmd": "x", "depends_on": null},
+        }}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = |n: &str| n.to_string();
+    assert_eq!(
+        deps_of(&c, "api"),
+        vec![
+            (s("cache"), Condition::Started),
+            (s("db"), Condition::Healthy),
+            (s("migrate"), Condition::Completed),
+        ]
+    );
+    assert_eq!(
+        deps_of(&c, "web"),
+        vec![
+            (s("api"), Condition::Started),
+            (s("cache"), Condition::Started)
+        ]
+    );
+    for n in ["none", "empty", "null", "db"] {
+        assert!(c.services[n].policy.depends_on.is_empty(), "{n}");
+    }
+}
+
+#[test]
+fn depends_on_errors_name_the_field() {
+    let table: &[(Value, &[&str])] = &[
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": ["dbb"]}}),
+            &["services.api.depends_on: unknown service \"dbb\" — did you mean \"db\"?"],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": {"zzzzzz": "started"}}}),
+            &["services.api.depends_on: unknown service \"zzzzzz\""],
+        ),
+        (
+            json!({"a": {"cmd": "x", "depends_on": ["b"]}, "b": {"cmd": "x", "depends_on": ["a"]}}),
+            &["services.a.depends_on: dependency cycle a -> b -> a"],
+        ),
+        (
+            json!({"a": {"cmd": "x", "depends_on": ["a"]}}),
+            &["services.a.depends_on: dependency cycle a -> a"],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": {"db": "healthy"}}}),
+            &["services.api.depends_on.db: \"healthy\" needs a healthcheck on db"],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": {"db": "ready"}}}),
+            &["services.api.depends_on.db: expected \"started\", \"healthy\" or \"completed\", got string \"ready\""],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": {"db": true}}}),
+            &["services.api.depends_on.db: expected \"started\", \"healthy\" or \"completed\", got boolean true"],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": ["db", 3]}}),
+            &["services.api.depends_on[2]: expected a service name, got number 3"],
+        ),
+        (
+            json!({"db": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": "db"}}),
+            &["services.api.depends_on: expected a list of service names or a table of conditions, got string \"db\""],
+        ),
+        // A dependency with errors of its own is not also unknown, and a
+        // broken healthcheck is not also a missing one.
+        (
+            json!({"db": {"cmd": "x", "numprocs": 0, "healthcheck": {"cmd": "a", "retries": 0}},
+                   "api": {"cmd": "x", "depends_on": {"db": "healthy"}}}),
+            &[
+                "services.db.numprocs: must be between 1 and 100, got 0",
+                "services.db.healthcheck.retries: must be at least 1, got 0",
+            ],
+        ),
+        (
+            json!({"bad name": {"cmd": "x"}, "api": {"cmd": "x", "depends_on": ["bad name"]}}),
+            &["services.bad name: service names may only use letters, digits, '_', '.' and '-'"],
+        ),
+    ];
+    for (services, want) in table {
+        assert_eq!(errors(json!({ "services": services })), *want, "{services}");
+    }
+}
+
+#[test]
+fn cross_service_problems_come_with_all_the_others() {
+    let e = errors(json!({"services": {
+        "a": {"cmd": "x", "depends_on": ["b", "cache"]},
+        "b": {"cmd": "x", "depends_on": {"a": "started", "db": "healthy"}, "numprocs": 0},
+        "c": {"cmd": "x", "depends_on": ["c"], "autostart": "yes"},
+        "db": {"cmd": "x"},
+    }}));
+    assert_eq!(
+        e,
+        vec![
+            "services.b.numprocs: must be between 1 and 100, got 0",
+            "services.c.autostart: expected true or false, got string \"yes\"",
+            "services.a.depends_on: unknown service \"cache\"",
+            "services.b.depends_on.db: \"healthy\" needs a healthcheck on db",
+            "services.a.depends_on: dependency cycle a -> b -> a",
+            "services.c.depends_on: dependency cycle c -> c",
+        ]
+    );
+}
+
+// Both front-ends go through the same validator.
+
+const SECTION_11_JSON: &str = r#"{"services": {
+    "db": {"cmd": "postgres", "healthcheck": {"tcp": "127.0.0.1:5432", "interval": 0.5}},
+    "web": {"cmd": "python3 -m http.server {instance+8000}", "numprocs": 2,
+            "depends_on": {"db": "healthy"},
+            "healthcheck": {"http": "http://127.0.0.1:{instance+8000}/", "retries": 2}},
+    "worker": {"cmd": "w", "depends_on": ["db", "web"]}
+}}"#;
+
+fn section_11_checks(c: &Config) {
+    let db = c.services["db"].policy.healthcheck.clone().unwrap();
+    assert_eq!(db.probe, Probe::Tcp("127.0.0.1:5432".into()));
+    assert_eq!(db.interval, Duration::from_millis(500));
+    let web = &c.services["web"];
+    let hc = web.policy.healthcheck.clone().unwrap();
+    assert_eq!(hc.retries, 2);
+    assert_eq!(
+        hc.for_instance("web", 1).probe,
+        Probe::Http("http://127.0.0.1:8001/".into())
+    );
+    assert_eq!(
+        web.spawn.for_instance("web", 1).cmd,
+        "python3 -m http.server 8001"
+    );
+    assert_eq!(
+        deps_of(c, "web"),
+        vec![("db".to_string(), Condition::Healthy)]
+    );
+    assert_eq!(
+        deps_of(c, "worker"),
+        vec![
+            ("db".to_string(), Condition::Started),
+            ("web".to_string(), Condition::Started)
+        ]
+    );
+}
+
+#[test]
+fn json_configs_with_section_11_options() {
+    let value = json::parse(SECTION_11_JSON, Path::new("conf.json")).unwrap();
+    section_11_checks(&validate(&value, Path::new("/b")).unwrap());
+
+    let text = r#"{"services": {"api": {"cmd": "x", "depends_on": ["dbb"],
+        "healthcheck": {"http": "https://h/"}}, "db": {"cmd": "x"}}}"#;
+    let value = json::parse(text, Path::new("conf.json")).unwrap();
+    assert_eq!(
+        validate(&value, Path::new("/b")).unwrap_err().to_string(),
+        "services.api.healthcheck.http: https:// is not supported (the probe speaks plain http:// only), got string \"https://h/\"\n\
+         services.api.depends_on: unknown service \"dbb\" — did you mean \"db\"?"
+    );
+}
+
+#[test]
+fn lua_configs_with_section_11_options() {
+    let dir = std::env::temp_dir().join(format!("tm-config-s11-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("taskmaster.lua");
+    std::fs::write(
+        &file,
+        "return { services = {\n\
+         db = { cmd = 'postgres', healthcheck = { tcp = '127.0.0.1:5432', interval = 0.5 } },\n\
+         web = { cmd = 'python3 -m http.server {instance+8000}', numprocs = 2,\n\
+                 depends_on = { db = 'healthy' },\n\
+                 healthcheck = { http = 'http://127.0.0.1:{instance+8000}/', retries = 2.0 } },\n\
+         worker = { cmd = 'w', depends_on = { 'db', 'web' } },\n\
+         solo = { cmd = 'x', depends_on = {} },\n\
+         } }",
+    )
+    .unwrap();
+    let c = lua::load(&file).unwrap().config;
+    section_11_checks(&c);
+    assert!(c.services["solo"].policy.depends_on.is_empty());
+
+    std::fs::write(
+        &file,
+        "return { services = { a = { cmd = 'x', depends_on = { 'b' } },\n\
+         b = { cmd = 'x', depends_on = { a = 'started' }, healthcheck = {} } } }",
+    )
+    .unwrap();
+    let err = lua::load(&file).err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "services.b.healthcheck: expected exactly one of cmd, http or tcp\n\
+             services.a.depends_on: dependency cycle a -> b -> a"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
