@@ -130,6 +130,29 @@ pub(super) fn seconds(v: &Value, path: &str, p: &mut Problems) -> Option<Duratio
     }
 }
 
+/// Like [`seconds`], but zero is refused: for a period something repeats
+/// at, where zero would mean "continuously".
+pub(super) fn positive_seconds(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> {
+    match v.as_f64() {
+        // At least a nanosecond: a fraction too small for `Duration` must
+        // not round down to the zero that was just refused.
+        Some(f) if f.is_finite() && f > 0.0 && f <= 1.0e9 => {
+            Some(Duration::from_secs_f64(f).max(Duration::from_nanos(1)))
+        }
+        Some(f) => {
+            p.add(path, format!("must be a number of seconds > 0, got {f}"));
+            None
+        }
+        None => {
+            p.add(
+                path,
+                format!("expected a number of seconds, got {}", kind(v)),
+            );
+            None
+        }
+    }
+}
+
 pub(super) fn string<'a>(v: &'a Value, path: &str, p: &mut Problems) -> Option<&'a str> {
     match v.as_str() {
         Some(s) => Some(s),
@@ -158,7 +181,8 @@ pub(super) fn file_path(
 ) -> Option<Option<PathBuf>> {
     match v {
         Value::Null => Some(None),
-        Value::String(s) if !s.is_empty() => Some(Some(base.join(s))),
+        // Stored as a template (SPEC §11 placeholders): see `placeholders::join`.
+        Value::String(s) if !s.is_empty() => Some(Some(super::placeholders::join(base, s))),
         other => {
             p.add(
                 path,

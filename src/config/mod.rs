@@ -12,14 +12,21 @@
 //! `fields.rs` holds the helpers that read one value each and word the
 //! errors, so every option of the same type fails with the same sentence;
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
-//! grammar of their own).
+//! grammar of their own). SPEC §11: `placeholders.rs` (`{instance}` in the
+//! templated fields, expanded per instance by `SpawnSpec::for_instance`),
+//! `healthcheck.rs` (and the probe targets' grammar), `deps.rs`
+//! (`depends_on`, checked across services once every service is read).
 
+mod deps;
 mod fields;
+mod healthcheck;
 pub mod json;
 pub mod lua;
 mod output;
+pub mod placeholders;
 
 pub use fields::{did_you_mean, parse_signal};
+pub use healthcheck::{http_target, tcp_target, HttpTarget};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +51,10 @@ pub enum AutoRestart {
 }
 
 /// What a service's processes are started with; a change here restarts them.
+///
+/// `cmd`, the `env` values and the paths are templates (SPEC §11
+/// placeholders, braces in the config folder escaped): an instance is
+/// started with [`SpawnSpec::for_instance`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnSpec {
     /// Command line, run directly when plain, else through `/bin/sh -c`.
@@ -269,7 +280,8 @@ pub fn base_dir(path: &Path) -> &Path {
 }
 
 const TOP_KEYS: &[&str] = &["services"];
-/// The §3 options; the §10 ones are `output::KEYS`, next to their parsing.
+/// The §3 and §11 options; the §10 ones are `output::KEYS`, next to their
+/// parsing.
 const SERVICE_KEYS: &[&str] = &[
     "cmd",
     "numprocs",
@@ -285,6 +297,8 @@ const SERVICE_KEYS: &[&str] = &[
     "env",
     "workingdir",
     "umask",
+    "healthcheck",
+    "depends_on",
 ];
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
@@ -301,6 +315,7 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
     match top.get("services") {
         None | Some(Value::Null) => {}
         Some(Value::Object(services)) => {
+            let mut graph = BTreeMap::new();
             for (name, svc) in services {
                 let path = format!("services.{name}");
                 if name.is_empty()
@@ -314,10 +329,13 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
                     );
                     continue;
                 }
-                if let Some(s) = service(svc, &path, base, &mut p) {
+                if let Some(s) = service(svc, name, base, &mut graph, &mut p) {
                     config.services.insert(name.clone(), s);
                 }
             }
+            // Last: these need every service, and add to the same list.
+            let declared: Vec<&str> = services.keys().map(String::as_str).collect();
+            deps::check(&graph, &declared, &mut p);
         }
         Some(Value::Array(a)) if a.is_empty() => {}
         Some(other) => p.add(
@@ -332,7 +350,16 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
     }
 }
 
-fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Service> {
+/// Reads the service `name`, adding what the cross-service checks need
+/// to `graph` even when its options have errors.
+fn service(
+    v: &Value,
+    name: &str,
+    base: &Path,
+    graph: &mut BTreeMap<String, deps::Node>,
+    p: &mut Problems,
+) -> Option<Service> {
+    let path = &format!("services.{name}");
     let Some(obj) = v.as_object() else {
         p.add(
             path,
@@ -491,6 +518,22 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
             ),
         }
     }
+    // After `numprocs`: which instances the templates must expand for.
+    let last = numprocs - 1;
+    placeholders::check_spawn(&spawn, path, last, p);
+    if let Some(v) = field("healthcheck") {
+        policy.healthcheck = healthcheck::read(v, &at("healthcheck"), name, last, p);
+    }
+    if let Some(v) = field("depends_on") {
+        policy.depends_on = deps::read(v, &at("depends_on"), p);
+    }
+    graph.insert(
+        name.to_string(),
+        deps::Node {
+            deps: policy.depends_on.clone(),
+            healthcheck: field("healthcheck").is_some(),
+        },
+    );
     (p.count() == before).then_some(Service {
         numprocs,
         spawn,
@@ -499,137 +542,4 @@ fn service(v: &Value, path: &str, base: &Path, p: &mut Problems) -> Option<Servi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn errors(v: Value) -> Vec<String> {
-        match validate(&v, Path::new("/etc/tm")) {
-            Err(ConfigError::Invalid(e)) => e,
-            other => panic!("expected schema errors, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_match_the_spec_table() {
-        let c = validate(
-            &json!({"services": {"web": {"cmd": "sleep 1"}}}),
-            Path::new("/b"),
-        )
-        .unwrap();
-        let s = &c.services["web"];
-        assert_eq!(s.numprocs, 1);
-        assert_eq!(s.policy, Policy::default());
-        assert_eq!(s.policy.starttime, Duration::from_secs(1));
-        assert_eq!(s.policy.stoptime, Duration::from_secs(10));
-        assert_eq!(s.spawn.stdout, None);
-        assert_eq!(s.spawn.umask, None);
-        assert!(s.spawn.env.is_empty());
-    }
-
-    #[test]
-    fn every_option_is_read() {
-        let c = validate(
-            &json!({"services": {"web": {
-                "cmd": "x", "numprocs": 2.0, "autostart": false, "autorestart": "always",
-                "exitcodes": [0, 2], "startretries": 5, "starttime": 0.5, "stopsignal": "SIGUSR1",
-                "stoptime": 3, "stdout": "out.log", "stderr": "/abs/err.log",
-                "env": {"A": "b", "N": 5, "F": 1.5}, "workingdir": "wd", "umask": "027"
-            }}}),
-            Path::new("/b"),
-        )
-        .unwrap();
-        let s = &c.services["web"];
-        assert_eq!(s.numprocs, 2);
-        assert!(!s.policy.autostart);
-        assert_eq!(s.policy.autorestart, AutoRestart::Always);
-        assert_eq!(s.policy.exitcodes, vec![0, 2]);
-        assert_eq!(s.policy.startretries, 5);
-        assert_eq!(s.policy.starttime, Duration::from_millis(500));
-        assert_eq!(s.policy.stopsignal, Signal::SIGUSR1);
-        assert_eq!(s.policy.stoptime, Duration::from_secs(3));
-        assert_eq!(s.spawn.stdout, Some(PathBuf::from("/b/out.log")));
-        assert_eq!(s.spawn.stderr, Some(PathBuf::from("/abs/err.log")));
-        assert_eq!(s.spawn.workingdir, Some(PathBuf::from("/b/wd")));
-        assert_eq!(s.spawn.umask, Some(0o027));
-        assert_eq!(s.spawn.env["N"], "5");
-        assert_eq!(s.spawn.env["F"], "1.5");
-    }
-
-    #[test]
-    fn numprocs_range_names_the_field() {
-        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 0}}}));
-        assert_eq!(
-            e,
-            vec!["services.web.numprocs: must be between 1 and 100, got 0"]
-        );
-        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 101}}}));
-        assert_eq!(
-            e,
-            vec!["services.web.numprocs: must be between 1 and 100, got 101"]
-        );
-        let e = errors(json!({"services": {"web": {"cmd": "x", "numprocs": 1.5}}}));
-        assert_eq!(
-            e,
-            vec!["services.web.numprocs: expected an integer, got number 1.5"]
-        );
-    }
-
-    #[test]
-    fn unknown_option_suggests_the_near_one() {
-        let e = errors(json!({"services": {"web": {"cmd": "x", "autorestrat": "always"}}}));
-        assert_eq!(
-            e,
-            vec!["unknown option \"autorestrat\" in services.web — did you mean \"autorestart\"?"]
-        );
-        let e = errors(json!({"services": {"web": {"cmd": "x", "zzzzzzzz": 1}}}));
-        assert_eq!(e, vec!["unknown option \"zzzzzzzz\" in services.web"]);
-        let e = errors(json!({"service": {}}));
-        assert_eq!(
-            e,
-            vec!["unknown option \"service\" in config — did you mean \"services\"?"]
-        );
-    }
-
-    #[test]
-    fn all_problems_are_reported_at_once() {
-        let e = errors(json!({"services": {
-            "a": {"numprocs": 0},
-            "b": {"cmd": "x", "autorestart": "sometimes", "stopsignal": "NOPE", "umask": "999",
-                  "exitcodes": [0, "x"], "starttime": -1, "env": {"K": true}, "startretries": -1},
-            "bad name": {"cmd": "x"}
-        }}));
-        let expected = [
-            "services.a.cmd: required option missing",
-            "services.a.numprocs: must be between 1 and 100, got 0",
-            "services.b.autorestart: expected \"always\", \"never\" or \"unexpected\", got string \"sometimes\"",
-            "services.b.exitcodes[2]: expected an integer, got string \"x\"",
-            "services.b.startretries: must be at least 0, got -1",
-            "services.b.starttime: must be a number of seconds >= 0, got -1",
-            "services.b.stopsignal: unknown signal \"NOPE\" (expected a name like \"TERM\")",
-            "services.b.umask: expected an octal umask like \"022\", got string \"999\"",
-            "services.b.env.K: expected a string or number, got boolean true",
-            "services.bad name: service names may only use letters, digits, '_', '.' and '-'",
-        ];
-        for want in expected {
-            assert!(e.iter().any(|m| m == want), "missing {want:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), expected.len(), "{e:#?}");
-    }
-
-    #[test]
-    fn wrong_shapes_are_named() {
-        assert_eq!(
-            errors(json!([1])),
-            vec!["config: must be a table with a \"services\" field, got a list"]
-        );
-        assert_eq!(
-            errors(json!({"services": 3})),
-            vec!["services: expected a table of services, got number 3"]
-        );
-        assert_eq!(
-            errors(json!({"services": {"w": "sleep"}})),
-            vec!["services.w: expected a table of options, got string \"sleep\""]
-        );
-    }
-}
+mod tests;

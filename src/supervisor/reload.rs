@@ -14,7 +14,8 @@ pub enum Change {
     /// Gone: stop gracefully, drop.
     Removed,
     /// Options differ. `respawn` when the way it spawns changed (restart the
-    /// kept instances); otherwise policy and `numprocs` apply in place.
+    /// kept instances); otherwise policy (`healthcheck` and `depends_on`
+    /// included, SPEC §18) and `numprocs` apply in place.
     Changed {
         /// Whether kept instances must restart.
         respawn: bool,
@@ -109,6 +110,18 @@ mod tests {
             "redirect": {"cmd": "sleep 1", "stdout": "o.log"},
             "stamps": {"cmd": "sleep 1", "timestamps": true},
             "same_size": {"cmd": "sleep 1", "stdout_maxbytes": 1048576},
+            "hc_add": {"cmd": "sleep 1"},
+            "hc_drop": {"cmd": "sleep 1", "healthcheck": {"cmd": "true"}},
+            "hc_timing": {"cmd": "sleep 1", "healthcheck": {"cmd": "true"}},
+            "hc_probe": {"cmd": "sleep 1", "numprocs": 2,
+                         "healthcheck": {"http": "http://127.0.0.1:{instance+8000}/"}},
+            "dep_add": {"cmd": "sleep 1"},
+            "dep_cond": {"cmd": "sleep 1", "depends_on": ["hc_add"]},
+            "dep_same": {"cmd": "sleep 1", "depends_on": ["same"]},
+            "ph_cmd": {"cmd": "sleep {instance}", "numprocs": 2},
+            "ph_env": {"cmd": "sleep 1", "env": {"PORT": "{instance+8000}"}},
+            "ph_out": {"cmd": "sleep 1", "stdout": "{name}.log"},
+            "ph_same": {"cmd": "sleep {instance}"},
         }));
         let new = cfg(json!({
             "same": {"cmd": "sleep 1"},
@@ -132,6 +145,23 @@ mod tests {
             "stamps": {"cmd": "sleep 1", "timestamps": false},
             // Another spelling of the same size is no change at all.
             "same_size": {"cmd": "sleep 1", "stdout_maxbytes": "1MB"},
+            // SPEC §11 and §18: `healthcheck` and `depends_on` are policy.
+            "hc_add": {"cmd": "sleep 1", "healthcheck": {"tcp": "127.0.0.1:5432"}},
+            "hc_drop": {"cmd": "sleep 1"},
+            "hc_timing": {"cmd": "sleep 1", "healthcheck": {"cmd": "true", "interval": 2,
+                          "timeout": 0.5, "retries": 1, "start_period": 3, "on_unhealthy": "none"}},
+            "hc_probe": {"cmd": "sleep 1", "numprocs": 2,
+                         "healthcheck": {"http": "http://127.0.0.1:{instance+9000}/"}},
+            "dep_add": {"cmd": "sleep 1", "depends_on": ["same"]},
+            "dep_cond": {"cmd": "sleep 1", "depends_on": {"hc_add": "healthy"}},
+            // A list and its table spelling are the same dependencies.
+            "dep_same": {"cmd": "sleep 1", "depends_on": {"same": "started"}},
+            // The diff compares templates: a placeholder change is a spawn
+            // change like any other.
+            "ph_cmd": {"cmd": "sleep {instance+1}", "numprocs": 2},
+            "ph_env": {"cmd": "sleep 1", "env": {"PORT": "{instance+9000}"}},
+            "ph_out": {"cmd": "sleep 1", "stdout": "{service}-{instance}.log"},
+            "ph_same": {"cmd": "sleep {instance}"},
         }));
         let plan = diff(&old, &new);
         let respawn = Change::Changed { respawn: true };
@@ -156,18 +186,54 @@ mod tests {
             ("redirect", respawn),
             ("stamps", respawn),
             ("same_size", Change::Unchanged),
+            ("hc_add", in_place),
+            ("hc_drop", in_place),
+            ("hc_timing", in_place),
+            ("hc_probe", in_place),
+            ("dep_add", in_place),
+            ("dep_cond", in_place),
+            ("dep_same", Change::Unchanged),
+            ("ph_cmd", respawn),
+            ("ph_env", respawn),
+            ("ph_out", respawn),
+            ("ph_same", Change::Unchanged),
         ];
         for (name, change) in want {
             assert_eq!(plan.kind_of(name), Some(change), "{name}");
         }
         assert_eq!(plan.data.added, vec!["new"]);
         assert_eq!(plan.data.removed, vec!["gone"]);
-        assert_eq!(plan.data.unchanged, vec!["same", "same_size"]);
+        assert_eq!(
+            plan.data.unchanged,
+            vec!["dep_same", "ph_same", "same", "same_size"]
+        );
         assert_eq!(
             plan.data.changed,
             vec![
-                "cmd", "env", "err", "err_keep", "err_max", "fewer", "more", "out", "out_keep",
-                "out_max", "policy", "redirect", "stamps", "umask", "wd"
+                "cmd",
+                "dep_add",
+                "dep_cond",
+                "env",
+                "err",
+                "err_keep",
+                "err_max",
+                "fewer",
+                "hc_add",
+                "hc_drop",
+                "hc_probe",
+                "hc_timing",
+                "more",
+                "out",
+                "out_keep",
+                "out_max",
+                "ph_cmd",
+                "ph_env",
+                "ph_out",
+                "policy",
+                "redirect",
+                "stamps",
+                "umask",
+                "wd"
             ]
         );
     }
