@@ -1460,7 +1460,8 @@ mod tests {
 
     #[test]
     fn unbounded_allocation_is_cut_off() {
-        let e = load_err("local t = {}\nfor i = 1, 1e12 do t[i] = string.rep('x', 100000) .. i end");
+        let e =
+            load_err("local t = {}\nfor i = 1, 1e12 do t[i] = string.rep('x', 100000) .. i end");
         assert!(
             e.contains("not enough memory") || e.contains("out of memory"),
             "{e}"

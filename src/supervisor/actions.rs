@@ -94,7 +94,8 @@ impl Supervisor {
             };
             if early_exit {
                 // A failed start says why in its own words (SPEC §10).
-                let words = super::logs::last_words(&inst.name, &svc.config.spawn);
+                let spec = svc.config.spawn.for_instance(&key.0, key.1);
+                let words = super::logs::last_words(&inst.name, &spec);
                 if let (Some(words), Some(reason)) = (words, inst.proc.reason.as_mut()) {
                     reason.push_str(": ");
                     reason.push_str(&words);

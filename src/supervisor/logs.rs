@@ -98,8 +98,9 @@ impl Supervisor {
             else {
                 continue;
             };
+            let spec = svc.config.spawn.for_instance(&key.0, key.1);
             for s in streams {
-                out.push(target(&inst.name, &svc.config.spawn, *s));
+                out.push(target(&inst.name, &spec, *s));
             }
         }
         Ok(out)

@@ -115,18 +115,19 @@ impl Supervisor {
             let Some(svc) = self.services.get(&key.0) else {
                 continue;
             };
-            let Some(check) = svc.config.policy.healthcheck.clone() else {
+            let Some(check) = svc.config.policy.healthcheck.as_ref() else {
                 continue;
             };
-            let spec = &svc.config.spawn;
+            let check = check.for_instance(&key.0, key.1);
+            let spec = svc.config.spawn.for_instance(&key.0, key.1);
             let mut env = spec.env.clone();
             env.insert("TASKMASTER_SERVICE".into(), key.0.to_string());
             env.insert("TASKMASTER_INSTANCE".into(), key.1.to_string());
             let run = ProbeRun {
-                probe: check.probe.clone(),
+                probe: check.probe,
                 timeout: check.timeout,
                 env,
-                workingdir: spec.workingdir.clone(),
+                workingdir: spec.workingdir,
             };
             let Some(inst) = self.instances.get_mut(&key) else {
                 continue;

@@ -44,6 +44,8 @@ impl Os {
 
 impl Spawner for Os {
     fn spawn(&mut self, spec: &SpawnSpec, service: &str, index: u32) -> Result<u32, String> {
+        // Placeholders ({instance}, {service}, {name}) made concrete.
+        let spec = &spec.for_instance(service, index);
         let capture = self.output.capture(spec)?;
         let program = process::Program {
             cmd: &spec.cmd,

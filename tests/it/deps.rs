@@ -54,7 +54,8 @@ fn healthy_waits_for_a_passing_cmd_probe_and_status_shows_health() {
     assert_eq!(api["description"], "waiting for db (healthy)");
     fs::write(d.dir.join("ready"), "").unwrap();
     let s = d.wait_until("api running", secs(10), |s| {
-        s.iter().any(|i| i["name"] == "api:0" && i["state"] == "RUNNING")
+        s.iter()
+            .any(|i| i["name"] == "api:0" && i["state"] == "RUNNING")
     });
     let db = s.iter().find(|i| i["name"] == "db:0").unwrap();
     assert_eq!(db["health"], "healthy");
@@ -100,14 +101,18 @@ fn failing_probes_restart_the_instance_and_none_leaves_it_unhealthy() {
     );
     let first = d.wait_state("flaky:0", "RUNNING", secs(10))["pid"].clone();
     let s = d.wait_until("flaky restarted", secs(15), |s| {
-        s.iter()
-            .any(|i| i["name"] == "flaky:0" && i["restarts"].as_u64() >= Some(1) && i["state"] == "RUNNING")
+        s.iter().any(|i| {
+            i["name"] == "flaky:0" && i["restarts"].as_u64() >= Some(1) && i["state"] == "RUNNING"
+        })
     });
     let flaky = s.iter().find(|i| i["name"] == "flaky:0").unwrap();
     assert_ne!(flaky["pid"], first);
     let log = d.log();
     assert!(log.contains("unhealthy: flaky:0"), "{log}");
-    assert!(log.contains("probe says no"), "the probe's output is logged:\n{log}");
+    assert!(
+        log.contains("probe says no"),
+        "the probe's output is logged:\n{log}"
+    );
     let calm = d.wait_until("calm unhealthy", secs(10), |s| {
         s.iter()
             .any(|i| i["name"] == "calm:0" && i["health"] == "unhealthy")
@@ -127,7 +132,9 @@ fn a_probe_that_times_out_fails_and_leaves_no_process() {
                                       retries = 1, on_unhealthy = 'none' } }",
         ),
     );
-    d.wait_until("slow unhealthy", secs(10), |s| s[0]["health"] == "unhealthy");
+    d.wait_until("slow unhealthy", secs(10), |s| {
+        s[0]["health"] == "unhealthy"
+    });
     // Every probe was killed with its group on time-out: once probing ends
     // (the stop), none of their sleeps survive.
     d.ok("stop", &["slow"]);
@@ -151,7 +158,10 @@ fn a_probe_that_times_out_fails_and_leaves_no_process() {
         assert!(Instant::now() < deadline, "{left} probe processes left");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(d.log().contains("unhealthy: slow:0"), "positive control: probes ran");
+    assert!(
+        d.log().contains("unhealthy: slow:0"),
+        "positive control: probes ran"
+    );
 }
 
 #[test]
@@ -169,7 +179,10 @@ fn probes_get_the_instance_env_and_workingdir() {
     .unwrap();
     let mut d = Daemon::adopt(dir.clone());
     let text = wait_file(&dir.join("work/probe.txt"), secs(10), |t| t.ends_with('\n'));
-    assert_eq!(text.trim(), format!("blue 0 {}", dir.join("work").display()));
+    assert_eq!(
+        text.trim(),
+        format!("blue 0 {}", dir.join("work").display())
+    );
     d.wait_until("healthy", secs(10), |s| s[0]["health"] == "healthy");
 }
 
@@ -185,10 +198,14 @@ fn completed_waits_for_a_one_shot_job_and_fatal_propagates() {
         ),
     );
     let s = d.wait_until("api running", secs(10), |s| {
-        s.iter().any(|i| i["name"] == "api:0" && i["state"] == "RUNNING")
+        s.iter()
+            .any(|i| i["name"] == "api:0" && i["state"] == "RUNNING")
     });
     let migrate = s.iter().find(|i| i["name"] == "migrate:0").unwrap();
-    assert_eq!(migrate["state"], "EXITED", "a one-shot within starttime completed");
+    assert_eq!(
+        migrate["state"], "EXITED",
+        "a one-shot within starttime completed"
+    );
     let app = d.wait_state("app:0", "FATAL", secs(10));
     assert_eq!(app["description"], "dependency db is FATAL");
 }
@@ -242,7 +259,13 @@ fn stop_all_stops_dependents_first() {
             .parse()
             .unwrap()
     };
-    assert!(t("web") <= t("api") && t("api") <= t("db"), "web {} api {} db {}", t("web"), t("api"), t("db"));
+    assert!(
+        t("web") <= t("api") && t("api") <= t("db"),
+        "web {} api {} db {}",
+        t("web"),
+        t("api"),
+        t("db")
+    );
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! One integration test binary (fast to link) with a module per area.
 
 mod cli;
-mod deps;
 mod commands;
 mod common;
+mod deps;
 mod engine;
 mod faults;
 mod hardening;
