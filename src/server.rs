@@ -761,10 +761,9 @@ mod tests {
 
     #[test]
     fn only_commands_that_change_something_are_logged_without_a_trailing_space() {
-        let request = |cmd: &str, args: &[&str]| Request {
-            id: Value::Null,
-            cmd: cmd.into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+        let request = |cmd: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            Request::new(Value::Null, cmd, &args)
         };
         for cmd in ["start", "stop", "restart", "reload", "shutdown", "exit"] {
             assert!(changes_something(cmd), "{cmd}");
