@@ -8,5 +8,6 @@ mod faults;
 mod hardening;
 mod hooks;
 mod logging;
+mod logs;
 mod reload;
 mod server;

@@ -551,9 +551,14 @@ fn only_commands_that_change_something_are_logged() {
     d.ok("version", &[]);
     let mut sub = d.connect();
     assert_eq!(call(&mut sub, 1, "subscribe", &[])["ok"], true);
+    // Read-only, even when they fail.
+    d.request("tail", &["web:0"]);
+    d.request("unfollow", &["1"]);
     // The positive control: these change something and must be logged.
     d.ok("start", &["idle"]);
+    d.ok("signal", &["HUP", "idle"]);
     d.ok("stop", &["idle:0"]);
+    d.request("clear", &["web"]);
     d.ok("reload", &[]);
     let log = d.log();
     let every = [
@@ -566,6 +571,11 @@ fn only_commands_that_change_something_are_logged() {
         "exit",
         "subscribe",
         "version",
+        "tail",
+        "logs",
+        "clear",
+        "signal",
+        "unfollow",
     ];
     // "client 127.0.0.1:PORT: CMD ARGS", other client lines (handshakes) aside.
     let commands: Vec<&str> = log
@@ -577,7 +587,13 @@ fn only_commands_that_change_something_are_logged() {
         .collect();
     assert_eq!(
         commands,
-        ["start idle", "stop idle:0", "reload"],
+        [
+            "start idle",
+            "signal HUP idle",
+            "stop idle:0",
+            "clear web",
+            "reload"
+        ],
         "client commands logged; whole log:\n{log}"
     );
     for line in log.lines() {
