@@ -19,16 +19,16 @@
 //! supervisor which files (or process groups) the names mean, then do the
 //! file work on the blocking pool — the daemon runs on one thread, which a
 //! slow disk must never hold. With `follow`, the request's task goes on
-//! after its reply as the follow: every [`FOLLOW_POLL`] it asks each
-//! [`Follower`] for what was appended and queues it as `output` events
-//! carrying the request's id. A follow costs nothing to the child (it only
-//! reads the files the child writes) and nothing when nobody follows (no
-//! task, no timer). Its events go through the connection's one bounded
-//! queue: a connection that takes no frame for [`SLOW_FOLLOWER`] does not
-//! keep up and is closed; until then the follow simply reads later, since
-//! the text waits in the file rather than in memory. `unfollow ID` stops
-//! the follow and waits for its task to end before replying, so no event
-//! of it comes after the reply.
+//! after its reply as the follow: it hands its [`Follower`]s to the
+//! server's one [`Poller`] thread and turns what comes back into `output`
+//! events carrying the request's id. A follow costs nothing to the child
+//! (it only reads the files the child writes) and nothing when nobody
+//! follows (no thread, no timer). Its events go through the connection's
+//! one bounded queue: a connection that takes no frame for
+//! [`SLOW_FOLLOWER`] does not keep up and is closed; until then the poller
+//! simply reads later, since the text waits in the file rather than in
+//! memory. `unfollow ID` stops the follow and waits for its task to end
+//! before replying, so no event of it comes after the reply.
 //!
 //! Idle connections cannot lock new clients out (SPEC §17). At most
 //! [`MAX_CLIENTS`] are served at once; a connection past that closes the one
@@ -63,7 +63,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::output::follow::Follower;
+use crate::output::follow::{Follower, Poller};
 use crate::output::{tail, LogTarget, Stream};
 use crate::protocol::{
     parse_signal, LogLine, LogsData, OptError, OptType, OutputEvent, Reply, Request, TailData,
@@ -89,17 +89,6 @@ const OUTBOX: usize = 64;
 /// times that.
 const MAX_WRITE_BUFFER: usize = 8 * 1024 * 1024;
 
-/// How often a follow looks for appended output. A line reaches a follower
-/// within this (plus a read), well inside the 100 ms SPEC §10 promises.
-/// Polling, rather than inotify, works the same for files the daemon
-/// writes, files a child writes directly, renames by an external
-/// logrotate, files that appear later and any filesystem; and it costs a
-/// follow two `fstat`s per file per poll, nothing else.
-pub const FOLLOW_POLL: Duration = Duration::from_millis(25);
-/// Bytes read from one followed file per poll, and the most one `output`
-/// event carries; a file with more is read again at once, in turn with
-/// the others.
-const FOLLOW_CHUNK: usize = 32 * 1024;
 /// How long a follow waits for room in its connection's queue before the
 /// connection counts as not keeping up and is closed.
 pub const SLOW_FOLLOWER: Duration = Duration::from_secs(2);
@@ -175,6 +164,7 @@ pub async fn bind(listen: &str, port: u16) -> Result<TcpListener, String> {
 /// Serves clients until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Context) {
     let connections = Connections::new(MAX_CLIENTS);
+    let poller = Poller::default();
     loop {
         // Accept only a client that can be served: otherwise leave it in
         // the backlog rather than take a socket just to hold it.
@@ -190,7 +180,8 @@ pub async fn serve(listener: TcpListener, ctx: Context) {
         };
         let (slot, evicted) = connections.admit();
         let ctx = ctx.clone();
-        tokio::spawn(client(stream, peer, ctx, Arc::new(slot), evicted));
+        let poller = poller.clone();
+        tokio::spawn(client(stream, peer, ctx, poller, Arc::new(slot), evicted));
     }
 }
 
@@ -502,6 +493,7 @@ async fn client(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Context,
+    poller: Poller,
     slot: Arc<Slot>,
     mut evicted: oneshot::Receiver<()>,
 ) {
@@ -546,6 +538,7 @@ async fn client(
         out,
         slot,
         peer,
+        poller,
         follows: Arc::default(),
         serial: Arc::default(),
         ended: CancellationToken::new(),
@@ -603,6 +596,8 @@ struct Conn {
     slot: Arc<Slot>,
     /// Who it is, for log lines.
     peer: SocketAddr,
+    /// The thread that reads every followed file.
+    poller: Poller,
     /// Follows running on it, by the id of the request that started each
     /// (as [`follow_key`] spells it).
     follows: Arc<Mutex<HashMap<String, Follow>>>,
@@ -1438,71 +1433,67 @@ struct FollowTask {
 }
 
 impl FollowTask {
-    /// Polls the followers and queues what they read as `output` events,
-    /// until `unfollow`, the end of the connection, or a connection that
-    /// does not take an event within [`SLOW_FOLLOWER`] (then closed).
+    /// Queues what the poller reads for it as `output` events, until
+    /// `unfollow`, the end of the connection, or a connection that does not
+    /// take an event within [`SLOW_FOLLOWER`] (then closed).
     async fn run(self, conn: &Conn) {
         let FollowTask {
             id,
             registration,
-            mut followed,
+            followed,
         } = self;
-        let stop = registration.stop.clone();
-        while !stop.is_cancelled() {
-            // Reading files blocks; the daemon's one thread must not.
-            let read = tokio::task::spawn_blocking(move || {
-                let mut chunks = Vec::new();
-                let mut more = false;
-                for (i, f) in followed.iter_mut().enumerate() {
-                    // An unreadable file (permissions changed) is tried
-                    // again at the next poll.
-                    if let Ok(chunk) = f.follower.read(FOLLOW_CHUNK) {
-                        more |= chunk.more;
-                        if !chunk.text.is_empty() {
-                            chunks.push((i, chunk.text));
-                        }
-                    }
-                }
-                (followed, chunks, more)
-            })
-            .await;
-            let Ok((back, chunks, more)) = read else {
-                break;
-            };
-            followed = back;
-            for (i, text) in chunks {
-                let event = OutputEvent {
-                    id: id.clone(),
-                    name: followed[i].name.clone(),
-                    stream: followed[i].stream.name().into(),
-                    text,
-                };
-                let frame = Message::text(event.encode());
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    sent = tokio::time::timeout(SLOW_FOLLOWER, conn.out.send(frame)) => match sent {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return, // the connection is gone
-                        Err(_) => {
-                            crate::log!(
-                                "client {}: follower too slow (no room in its queue for {} s), disconnecting",
-                                conn.peer,
-                                SLOW_FOLLOWER.as_secs()
-                            );
-                            conn.kill.cancel();
-                            return;
-                        }
-                    },
-                }
+        let (labels, followers): (Vec<_>, Vec<_>) = followed
+            .into_iter()
+            .map(|f| ((f.name, f.stream.name()), f.follower))
+            .unzip();
+        let mut chunks = match conn.poller.watch(followers) {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                crate::log!("client {}: cannot follow: {e}", conn.peer);
+                return;
             }
-            if !more {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(FOLLOW_POLL) => {}
-                }
+        };
+        let stop = registration.stop.clone();
+        loop {
+            let (i, text) = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                chunk = chunks.recv() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let Some((name, stream)) = labels.get(i) else {
+                continue;
+            };
+            let event = OutputEvent {
+                id: id.clone(),
+                name: name.clone(),
+                stream: (*stream).into(),
+                text,
+            };
+            let frame = Message::text(event.encode());
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                sent = tokio::time::timeout(SLOW_FOLLOWER, conn.out.send(frame)) => match sent {
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        crate::log!(
+                            "client {}: follower too slow (no room in its queue for {} s), disconnecting",
+                            conn.peer,
+                            SLOW_FOLLOWER.as_secs()
+                        );
+                        conn.kill.cancel();
+                        break;
+                    }
+                    Ok(Err(_)) => break, // the connection is gone
+                },
             }
         }
+        // Dropping the receiver ends the poller's watch; the registration
+        // tells `unfollow` the follow is over.
+        drop(chunks);
         drop(registration);
     }
 }
