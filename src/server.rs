@@ -15,18 +15,35 @@
 //! client that never reads just stops being read), and a subscriber that
 //! falls behind the bounded event channel is disconnected.
 //!
+//! Logs (SPEC §10, §18): `tail`, `logs`, `clear` and `signal` ask the
+//! supervisor which files (or process groups) the names mean, then do the
+//! file work on the blocking pool — the daemon runs on one thread, which a
+//! slow disk must never hold. With `follow`, the request's task goes on
+//! after its reply as the follow: it hands its [`Follower`]s to the
+//! server's one [`Poller`] thread and turns what comes back into `output`
+//! events carrying the request's id. A follow costs nothing to the child
+//! (it only reads the files the child writes) and nothing when nobody
+//! follows (no thread, no timer). Its events go through the connection's
+//! one bounded queue: a connection that takes no frame for
+//! [`SLOW_FOLLOWER`] does not keep up and is closed; until then the poller
+//! simply reads later, since the text waits in the file rather than in
+//! memory. `unfollow ID` stops the follow and waits for its task to end
+//! before replying, so no event of it comes after the reply.
+//!
 //! Idle connections cannot lock new clients out (SPEC §17). At most
 //! [`MAX_CLIENTS`] are served at once; a connection past that closes the one
 //! that has been idle the longest — idle meaning no request being carried
-//! out and no `subscribe` — so opening hundreds of silent sockets, even from
-//! one loopback peer, only ever costs the attacker their own oldest ones. A
-//! connection still in its handshake counts as idle. Only when every slot is
-//! busy or subscribed does the accept loop wait (new clients then queue in
-//! the kernel's backlog). A closing connection gets a moment to flush, then
-//! its socket is dropped, so a peer that stopped reading cannot keep it.
+//! out, no `subscribe` and no follow — so opening hundreds of silent
+//! sockets, even from one loopback peer, only ever costs the attacker their
+//! own oldest ones. A connection still in its handshake counts as idle. Only
+//! when every slot is busy, subscribed or following does the accept loop
+//! wait (new clients then queue in the kernel's backlog). A closing
+//! connection gets a moment to flush, then its socket is dropped, so a peer
+//! that stopped reading cannot keep it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -44,7 +61,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::protocol::{Reply, Request, MAX_FRAME};
+use tokio_util::sync::CancellationToken;
+
+use crate::output::follow::{Follower, Poller};
+use crate::output::{tail, LogTarget, Stream};
+use crate::protocol::{
+    parse_signal, LogLine, LogsData, OptError, OptType, OutputEvent, Reply, Request, TailData,
+    MAX_FRAME,
+};
 use crate::reloader::Reloader;
 use crate::supervisor::{Control, Handle};
 
@@ -59,6 +83,42 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const MAX_IN_FLIGHT: usize = 16;
 /// Frames queued for one connection's writer.
 const OUTBOX: usize = 64;
+/// Bytes tungstenite may hold for a connection whose socket is full. A
+/// single frame larger than this cannot be sent at all, so it bounds the
+/// largest reply: a `tail` of [`MAX_LOG_TEXT`] JSON-escapes to at most six
+/// times that.
+const MAX_WRITE_BUFFER: usize = 8 * 1024 * 1024;
+
+/// How long a follow waits for room in its connection's queue before the
+/// connection counts as not keeping up and is closed.
+pub const SLOW_FOLLOWER: Duration = Duration::from_secs(2);
+/// Follows one connection may run at once (each holds its files open).
+pub const MAX_FOLLOWS: usize = 8;
+/// Lines `tail` and `logs` return at most per stream, and by default.
+pub const MAX_LINES: i64 = 10_000;
+const DEFAULT_LINES: i64 = 10;
+/// Bytes of text a `tail` reply carries at most (the newest whole lines).
+const MAX_LOG_TEXT: usize = 1024 * 1024;
+/// The JSON size a `logs` reply keeps to, shared between its streams.
+const MAX_LOGS_REPLY: usize = 4 * 1024 * 1024;
+
+/// Every command the server knows, for "did you mean".
+const COMMANDS: &[&str] = &[
+    "status",
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "shutdown",
+    "exit",
+    "subscribe",
+    "version",
+    "tail",
+    "logs",
+    "clear",
+    "signal",
+    "unfollow",
+];
 
 /// What the server needs from the daemon.
 #[derive(Clone)]
@@ -104,6 +164,7 @@ pub async fn bind(listen: &str, port: u16) -> Result<TcpListener, String> {
 /// Serves clients until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Context) {
     let connections = Connections::new(MAX_CLIENTS);
+    let poller = Poller::default();
     loop {
         // Accept only a client that can be served: otherwise leave it in
         // the backlog rather than take a socket just to hold it.
@@ -119,7 +180,8 @@ pub async fn serve(listener: TcpListener, ctx: Context) {
         };
         let (slot, evicted) = connections.admit();
         let ctx = ctx.clone();
-        tokio::spawn(client(stream, peer, ctx, Arc::new(slot), evicted));
+        let poller = poller.clone();
+        tokio::spawn(client(stream, peer, ctx, poller, Arc::new(slot), evicted));
     }
 }
 
@@ -160,13 +222,15 @@ struct Entry {
     in_flight: usize,
     /// Whether it receives the event stream; then it is never idle.
     subscribed: bool,
+    /// Follows running on it; while there are any it is never idle.
+    follows: usize,
     /// Fired to close the connection when it is evicted.
     evict: oneshot::Sender<()>,
 }
 
 impl Entry {
     fn idle(&self) -> bool {
-        self.in_flight == 0 && !self.subscribed
+        self.in_flight == 0 && !self.subscribed && self.follows == 0
     }
 }
 
@@ -245,6 +309,7 @@ impl Connections {
                 last_active: id,
                 in_flight: 0,
                 subscribed: false,
+                follows: 0,
                 evict,
             },
         );
@@ -291,6 +356,12 @@ impl Slot {
         self.connections.update(self.id, |e, _| e.in_flight += 1);
         InFlight(self.clone())
     }
+
+    /// A follow runs on it until the guard drops.
+    fn following(self: &Arc<Self>) -> Following {
+        self.connections.update(self.id, |e, _| e.follows += 1);
+        Following(self.clone())
+    }
 }
 
 impl Drop for Slot {
@@ -308,6 +379,23 @@ impl Drop for InFlight {
         let mut idle = false;
         self.0.connections.update(self.0.id, |e, now| {
             e.in_flight = e.in_flight.saturating_sub(1);
+            e.last_active = now;
+            idle = e.idle();
+        });
+        if idle {
+            self.0.connections.shared.room.notify_one();
+        }
+    }
+}
+
+/// A follow running on a connection (so the connection is not idle).
+struct Following(Arc<Slot>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut idle = false;
+        self.0.connections.update(self.0.id, |e, now| {
+            e.follows = e.follows.saturating_sub(1);
             e.last_active = now;
             idle = e.idle();
         });
@@ -405,6 +493,7 @@ async fn client(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Context,
+    poller: Poller,
     slot: Arc<Slot>,
     mut evicted: oneshot::Receiver<()>,
 ) {
@@ -420,7 +509,7 @@ async fn client(
         .max_frame_size(Some(MAX_FRAME))
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024);
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     let accepted = tokio::select! {
         accepted = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -445,12 +534,22 @@ async fn client(
     let (sink, source) = ws.split();
     let (out, outbox) = mpsc::channel::<Message>(OUTBOX);
     let mut writer = tokio::spawn(write_frames(sink, outbox));
+    let conn = Conn {
+        out,
+        slot,
+        peer,
+        poller,
+        follows: Arc::default(),
+        serial: Arc::default(),
+        ended: CancellationToken::new(),
+        kill: CancellationToken::new(),
+    };
 
     // The event forwarder holds a sender to the writer: it must end with the
     // connection, or the writer (and the socket) would live on.
     let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
     tokio::select! {
-        () = read_requests(source, &out, &ctx, &slot, peer, &mut forwarder) => {}
+        () = read_requests(source, &conn, &ctx, &mut forwarder) => {}
         _ = &mut evicted => {
             crate::log!(
                 "client {peer}: closed, the longest idle of {MAX_CLIENTS} connections, to make room for a new one"
@@ -459,13 +558,25 @@ async fn client(
                 code: CloseCode::Again,
                 reason: "too many connections: closing the longest idle one".into(),
             };
-            let _ = out.try_send(Message::Close(Some(frame)));
+            let _ = conn.out.try_send(Message::Close(Some(frame)));
+        }
+        // A subscriber or a follow that could not deliver: whoever gave up
+        // on it logged why. Its queue is full, so the close frame may not
+        // fit; the socket is dropped after the grace either way.
+        () = conn.kill.cancelled() => {
+            let frame = CloseFrame {
+                code: CloseCode::Policy,
+                reason: "too slow reading".into(),
+            };
+            let _ = conn.out.try_send(Message::Close(Some(frame)));
         }
     }
     if let Some(f) = forwarder {
         f.abort();
     }
-    drop(out);
+    // Every follow stops (they hold senders to the writer too).
+    conn.ended.cancel();
+    drop(conn);
     // Requests still running hold senders too; a peer that went away or
     // stopped reading must not keep the socket for as long as they run.
     if tokio::time::timeout(CLOSE_GRACE, &mut writer)
@@ -473,6 +584,123 @@ async fn client(
         .is_err()
     {
         writer.abort();
+    }
+}
+
+/// One connection as its request tasks see it.
+#[derive(Clone)]
+struct Conn {
+    /// The writer's queue: replies and events.
+    out: mpsc::Sender<Message>,
+    /// Its place in the connection table.
+    slot: Arc<Slot>,
+    /// Who it is, for log lines.
+    peer: SocketAddr,
+    /// The thread that reads every followed file.
+    poller: Poller,
+    /// Follows running on it, by the id of the request that started each
+    /// (as [`follow_key`] spells it).
+    follows: Arc<Mutex<HashMap<String, Follow>>>,
+    /// Numbers follows, so a follow ending removes its own entry and never
+    /// a newer one registered under the same id.
+    serial: Arc<std::sync::atomic::AtomicU64>,
+    /// Cancelled when the connection ends: every follow stops.
+    ended: CancellationToken,
+    /// Cancelled to close the connection: a consumer that does not keep up.
+    kill: CancellationToken,
+}
+
+impl Conn {
+    fn follows(&self) -> MutexGuard<'_, HashMap<String, Follow>> {
+        // Holds no invariant beyond its entries; see `Connections::table`.
+        self.follows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Books a follow under the id of the request starting it, before the
+    /// request runs, so an `unfollow` sent right behind it finds it.
+    fn register(&self, id: &Value) -> Result<Registration, String> {
+        let key = follow_key(id);
+        let mut follows = self.follows();
+        if follows.contains_key(&key) {
+            return Err(format!(
+                "a follow with id {key} is already running on this connection; \
+                 end it with unfollow or use another id"
+            ));
+        }
+        if follows.len() >= MAX_FOLLOWS {
+            return Err(format!(
+                "too many follows on this connection (at most {MAX_FOLLOWS}); end one with unfollow"
+            ));
+        }
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = self.ended.child_token();
+        let (done, ended) = oneshot::channel();
+        follows.insert(
+            key.clone(),
+            Follow {
+                serial,
+                stop: stop.clone(),
+                ended,
+            },
+        );
+        drop(follows);
+        Ok(Registration {
+            key,
+            serial,
+            stop,
+            _done: done,
+            _following: self.slot.following(),
+            follows: self.follows.clone(),
+        })
+    }
+}
+
+/// A follow as `unfollow` reaches it.
+struct Follow {
+    /// Which registration made it.
+    serial: u64,
+    /// Stops it.
+    stop: CancellationToken,
+    /// Resolves (closed) once its task has ended.
+    ended: oneshot::Receiver<()>,
+}
+
+/// A follow's own side of its booking; dropping it (the follow ended, or
+/// its request failed) removes the booking and tells `unfollow`.
+struct Registration {
+    /// Its key in the table.
+    key: String,
+    /// Its number, to remove only its own entry.
+    serial: u64,
+    /// Cancelled by `unfollow` or by the end of the connection.
+    stop: CancellationToken,
+    /// Dropped with the registration: `unfollow` waits for that.
+    _done: oneshot::Sender<()>,
+    /// Keeps the connection from counting as idle.
+    _following: Following,
+    /// The connection's table, to remove the booking from.
+    follows: Arc<Mutex<HashMap<String, Follow>>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut follows = self.follows.lock().unwrap_or_else(PoisonError::into_inner);
+        if follows
+            .get(&self.key)
+            .is_some_and(|f| f.serial == self.serial)
+        {
+            follows.remove(&self.key);
+        }
+    }
+}
+
+/// A request id as `unfollow` names it: `7` and `"7"` are the same follow.
+fn follow_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -488,15 +716,14 @@ async fn write_frames(mut sink: SplitSink<Ws, Message>, mut outbox: mpsc::Receiv
 }
 
 /// Reads requests until the peer closes or misbehaves, running each in its
-/// own task; replies go to `out`.
+/// own task; replies go to the connection's queue.
 async fn read_requests(
     mut source: SplitStream<Ws>,
-    out: &mpsc::Sender<Message>,
+    conn: &Conn,
     ctx: &Context,
-    slot: &Arc<Slot>,
-    peer: SocketAddr,
     forwarder: &mut Option<tokio::task::JoinHandle<()>>,
 ) {
+    let (out, slot, peer) = (&conn.out, &conn.slot, conn.peer);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(frame) = source.next().await {
         slot.touch();
@@ -542,8 +769,23 @@ async fn read_requests(
         if changes_something(&request.cmd) {
             crate::log!("client {peer}: {}", command_line(&request));
         }
+        // A follow is booked here, in request order, so that an `unfollow`
+        // right behind its request finds it.
+        let registration = match command_opts(&request) {
+            Ok(opts) if opts.follow() => match conn.register(&request.id) {
+                Ok(registration) => Some(registration),
+                Err(message) => {
+                    let reply = Reply::err(request.id, "bad_args", message);
+                    if out.send(Message::text(reply.encode())).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            _ => None,
+        };
         if request.cmd == "subscribe" {
-            let ok = request.args.is_empty();
+            let ok = request.args.is_empty() && request.opts.is_empty();
             // Subscribe before replying: no event after the reply is missed.
             let events = (ok && forwarder.is_none()).then(|| ctx.handle.subscribe());
             if events.is_some() {
@@ -552,13 +794,22 @@ async fn read_requests(
             let reply = if ok {
                 Reply::ok(request.id, json!({}))
             } else {
-                Reply::err(request.id, "bad_args", "subscribe takes no arguments")
+                Reply::err(
+                    request.id,
+                    "bad_args",
+                    "subscribe takes no arguments or options",
+                )
             };
             if out.send(Message::text(reply.encode())).await.is_err() {
                 break;
             }
             if let Some(events) = events {
-                *forwarder = Some(tokio::spawn(forward_events(events, out.clone(), peer)));
+                *forwarder = Some(tokio::spawn(forward_events(
+                    events,
+                    out.clone(),
+                    peer,
+                    conn.kill.clone(),
+                )));
             }
             continue;
         }
@@ -569,14 +820,22 @@ async fn read_requests(
         };
         let busy = slot.request();
         let ctx = ctx.clone();
-        let out = out.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
-            let reply = execute(&ctx, request).await;
+            let (reply, follow) = if request.cmd == "unfollow" {
+                (unfollow(&conn, request).await, None)
+            } else {
+                run(&ctx, request, registration).await
+            };
             // Carried out: a reply the peer does not read leaves the
             // connection idle (and evictable), not busy.
             drop(busy);
-            let _ = out.send(Message::text(reply.encode())).await;
+            let sent = conn.out.send(Message::text(reply.encode())).await.is_ok();
             drop(permit);
+            // The reply is queued before the first event of the follow.
+            if let (true, Some(follow)) = (sent, follow) {
+                follow.run(&conn).await;
+            }
         });
     }
 }
@@ -614,6 +873,7 @@ async fn forward_events(
     mut events: broadcast::Receiver<crate::protocol::Event>,
     out: mpsc::Sender<Message>,
     peer: SocketAddr,
+    kill: CancellationToken,
 ) {
     let why = loop {
         match events.recv().await {
@@ -634,15 +894,42 @@ async fn forward_events(
         }
     };
     crate::log!("client {peer}: subscriber too slow ({why}), disconnecting");
-    let frame = CloseFrame {
-        code: CloseCode::Policy,
-        reason: "too slow reading events".into(),
-    };
-    let _ = out.try_send(Message::Close(Some(frame)));
+    // The queue may be too full for a close frame: closing the connection
+    // is the connection task's job.
+    kill.cancel();
 }
 
-/// Runs one request and builds its reply.
+/// Runs one request and builds its reply. Outside a connection nothing
+/// can be followed: a `follow` option only returns the lines.
 pub async fn execute(ctx: &Context, req: Request) -> Reply {
+    run(ctx, req, None).await.0
+}
+
+/// Runs one request; with a `registration` (booked by the connection), a
+/// `tail`/`logs` that asks to follow also returns the follow to run once
+/// its reply is queued.
+async fn run(
+    ctx: &Context,
+    req: Request,
+    registration: Option<Registration>,
+) -> (Reply, Option<FollowTask>) {
+    let opts = match command_opts(&req) {
+        Ok(opts) => opts,
+        Err(message) => return (Reply::err(req.id, "bad_args", message), None),
+    };
+    match opts {
+        Opts::Tail {
+            stream,
+            lines,
+            follow: _,
+        } => tail(ctx, req, stream, lines, registration).await,
+        Opts::Logs { lines, follow: _ } => logs(ctx, req, lines, registration).await,
+        Opts::None => (simple(ctx, req).await, None),
+    }
+}
+
+/// The commands that take no options and never follow.
+async fn simple(ctx: &Context, req: Request) -> Reply {
     let id = req.id;
     let no_args = |cmd: &str| -> Option<Reply> {
         (!req.args.is_empty())
@@ -682,19 +969,15 @@ pub async fn execute(ctx: &Context, req: Request) -> Reply {
         }
         "version" => no_args("version")
             .unwrap_or_else(|| Reply::ok(id, json!({ "version": env!("CARGO_PKG_VERSION") }))),
+        "clear" => clear(ctx, id, req.args).await,
+        "signal" => signal(ctx, id, req.args).await,
+        "unfollow" => Reply::err(
+            id,
+            "bad_args",
+            "unfollow ends a follow started on the same connection",
+        ),
         other => {
-            let known = [
-                "status",
-                "start",
-                "stop",
-                "restart",
-                "reload",
-                "shutdown",
-                "exit",
-                "subscribe",
-                "version",
-            ];
-            let hint = crate::config::did_you_mean(other, &known)
+            let hint = crate::config::did_you_mean(other, COMMANDS)
                 .map(|k| format!(" (did you mean \"{k}\"?)"))
                 .unwrap_or_default();
             let shown: String = other.chars().take(64).collect();
@@ -704,6 +987,514 @@ pub async fn execute(ctx: &Context, req: Request) -> Reply {
                 format!("unknown command \"{shown}\"{hint}"),
             )
         }
+    }
+}
+
+/// A command's options, checked, with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opts {
+    /// A command that takes none (or an unknown command, whose own error
+    /// comes first).
+    None,
+    /// `tail`.
+    Tail {
+        stream: Stream,
+        lines: usize,
+        follow: bool,
+    },
+    /// `logs`.
+    Logs { lines: usize, follow: bool },
+}
+
+impl Opts {
+    fn follow(self) -> bool {
+        match self {
+            Opts::Tail { follow, .. } | Opts::Logs { follow, .. } => follow,
+            Opts::None => false,
+        }
+    }
+}
+
+/// Checks a request's `opts` against its command (SPEC Part two): an
+/// unknown option or a wrong type is `bad_args`, naming it.
+fn command_opts(req: &Request) -> Result<Opts, String> {
+    use OptType::{Bool, Integer, String as Text};
+    let cmd = req.cmd.as_str();
+    let known: &[(&'static str, OptType)] = match cmd {
+        "tail" => &[("stream", Text), ("lines", Integer), ("follow", Bool)],
+        "logs" => &[("lines", Integer), ("follow", Bool)],
+        _ if COMMANDS.contains(&cmd) => &[],
+        // An unknown command: "unknown command" says more than its options.
+        _ => return Ok(Opts::None),
+    };
+    req.check_opts(known).map_err(|e| opt_message(cmd, e))?;
+    let lines = match req.opt_int("lines") {
+        None => DEFAULT_LINES,
+        Some(n) if (1..=MAX_LINES).contains(&n) => n,
+        Some(n) => return Err(format!("lines must be between 1 and {MAX_LINES}, got {n}")),
+    };
+    let lines = usize::try_from(lines).unwrap_or(DEFAULT_LINES as usize);
+    Ok(match cmd {
+        "tail" => Opts::Tail {
+            stream: match req.opt_str("stream") {
+                None => Stream::Stdout,
+                Some(s) => Stream::parse(s).ok_or_else(|| {
+                    format!("stream must be \"stdout\" or \"stderr\", got {}", shown(s))
+                })?,
+            },
+            lines,
+            follow: req.opt_bool("follow").unwrap_or(false),
+        },
+        "logs" => Opts::Logs {
+            lines,
+            follow: req.opt_bool("follow").unwrap_or(true),
+        },
+        _ => Opts::None,
+    })
+}
+
+/// An option error as the `bad_args` message says it.
+fn opt_message(cmd: &str, error: OptError) -> String {
+    match error {
+        OptError::Unknown { name, known } if known.is_empty() => {
+            format!("{cmd} takes no options (got {})", shown(&name))
+        }
+        OptError::Unknown { name, known } => {
+            let hint = match crate::config::did_you_mean(&name, &known) {
+                Some(k) => format!("did you mean \"{k}\"?"),
+                None => format!("it takes {}", known.join(", ")),
+            };
+            format!("unknown option {} for {cmd} ({hint})", shown(&name))
+        }
+        OptError::WrongType {
+            name,
+            expected,
+            found,
+        } => format!(
+            "option {} of {cmd} must be {expected}, got {found}",
+            shown(&name)
+        ),
+    }
+}
+
+/// A client's word, quoted and cut short, for an error message.
+fn shown(word: &str) -> String {
+    let cut: String = word.chars().take(64).collect();
+    format!("{cut:?}")
+}
+
+/// `tail NAME`: the last lines of one instance's stream.
+async fn tail(
+    ctx: &Context,
+    req: Request,
+    stream: Stream,
+    lines: usize,
+    registration: Option<Registration>,
+) -> (Reply, Option<FollowTask>) {
+    let id = req.id;
+    let fail = |code: &str, message: String| (Reply::err(id.clone(), code, message), None);
+    let [name] = req.args.as_slice() else {
+        return fail(
+            "bad_args",
+            "tail takes one instance (usage: tail NAME, with opts stream, lines, follow)".into(),
+        );
+    };
+    let targets = match ctx
+        .handle
+        .log_targets(vec![name.clone()], Some(stream))
+        .await
+    {
+        Ok(targets) => targets,
+        Err(e) => return fail(e.code, e.message),
+    };
+    let target = match targets.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
+            return fail(
+                "bad_args",
+                format!(
+                    "{name} matches {} instances ({}); tail takes one",
+                    names.len(),
+                    names.join(", ")
+                ),
+            );
+        }
+    };
+    let Some(path) = target.path.clone() else {
+        return fail("no_log", target.missing);
+    };
+    let follow = registration.is_some();
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || read_log(path, lines, MAX_LOG_TEXT, follow)).await
+    };
+    let (text, follower) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return fail("io_error", format!("cannot read {}: {e}", path.display())),
+        Err(_) => return fail("internal", "reading the log failed".into()),
+    };
+    let data = TailData {
+        name: target.name.clone(),
+        stream: stream.name().into(),
+        path: path.display().to_string(),
+        text,
+    };
+    let reply = Reply::ok(
+        id.clone(),
+        serde_json::to_value(data).unwrap_or(Value::Null),
+    );
+    let follow = registration
+        .zip(follower)
+        .map(|(registration, follower)| FollowTask {
+            id,
+            registration,
+            followed: vec![Followed {
+                name: target.name,
+                stream,
+                follower,
+            }],
+        });
+    (reply, follow)
+}
+
+/// The last `lines` lines of the log at `path`, and with `follow` the
+/// follower that continues exactly where they end. Blocking.
+fn read_log(
+    path: PathBuf,
+    lines: usize,
+    max_bytes: usize,
+    follow: bool,
+) -> std::io::Result<(String, Option<Follower>)> {
+    if !follow {
+        return Ok((tail::last_lines(&path, lines, max_bytes)?, None));
+    }
+    let follower = Follower::at_end(path)?;
+    let text = tail::last_lines_before(follower.path(), follower.position(), lines, max_bytes)?;
+    Ok((text, Some(follower)))
+}
+
+/// `logs [NAME...]`: the last lines of each named instance's streams (of
+/// every instance that has a log file when none is named), oldest first
+/// within each stream.
+async fn logs(
+    ctx: &Context,
+    req: Request,
+    lines: usize,
+    registration: Option<Registration>,
+) -> (Reply, Option<FollowTask>) {
+    let id = req.id;
+    let fail = |code: &str, message: String| (Reply::err(id.clone(), code, message), None);
+    // Like `clear all`, no names (or `all`) skips instances without a file;
+    // an instance named outright must have one.
+    let every = req.args.is_empty() || req.args.iter().any(|n| n == "all");
+    let targets = match ctx.handle.log_targets(req.args, None).await {
+        Ok(targets) => targets,
+        Err(e) => return fail(e.code, e.message),
+    };
+    if !every {
+        if let Some(missing) = without_files(&targets) {
+            return fail("no_log", missing);
+        }
+    }
+    let targets: Vec<(String, Stream, PathBuf)> = targets
+        .into_iter()
+        .filter_map(|t| Some((t.name, t.stream, t.path?)))
+        .collect();
+    // Each stream's share of the reply, so a thousand instances still fit
+    // one frame; text is at most its share too (escaping only adds).
+    let share = MAX_LOGS_REPLY / targets.len().max(1);
+    let follow = registration.is_some();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut followed = Vec::new();
+        for (name, stream, path) in targets {
+            let (text, follower) = match read_log(path.clone(), lines, share, follow) {
+                Ok(read) => read,
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            out.extend(newest_lines(&name, stream, &text, share));
+            if let Some(follower) = follower {
+                followed.push(Followed {
+                    name,
+                    stream,
+                    follower,
+                });
+            }
+        }
+        Ok((out, followed))
+    })
+    .await;
+    let (lines, followed) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(message)) => return fail("io_error", message),
+        Err(_) => return fail("internal", "reading the logs failed".into()),
+    };
+    let reply = Reply::ok(
+        id.clone(),
+        serde_json::to_value(LogsData { lines }).unwrap_or(Value::Null),
+    );
+    let follow = registration.map(|registration| FollowTask {
+        id,
+        registration,
+        followed,
+    });
+    (reply, follow)
+}
+
+/// The `no_log` message for the first instance none of whose streams has a
+/// file, if any.
+fn without_files(targets: &[LogTarget]) -> Option<String> {
+    let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    names.dedup();
+    names.into_iter().find_map(|name| {
+        let mine = || targets.iter().filter(move |t| t.name == name);
+        if mine().any(|t| t.path.is_some()) {
+            None
+        } else {
+            mine().next().map(|t| t.missing.clone())
+        }
+    })
+}
+
+/// `text` as `logs` lines, the newest that fit in `budget` bytes of JSON.
+fn newest_lines(name: &str, stream: Stream, text: &str, budget: usize) -> Vec<LogLine> {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for line in text.split_inclusive('\n').rev() {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        // {"name":"…","stream":"…","text":"…"} is 33 bytes and the
+        // strings, then a comma; a little to spare for the brackets.
+        let cost = 40 + name.len() + stream.name().len() + json_len(line);
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        kept.push(LogLine {
+            name: name.to_string(),
+            stream: stream.name().to_string(),
+            text: line.to_string(),
+        });
+    }
+    kept.reverse();
+    kept
+}
+
+/// The length of `text` as a JSON string body (serde_json's escaping).
+fn json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// `clear NAME...|all`: empties each instance's log files, backups kept.
+async fn clear(ctx: &Context, id: Value, names: Vec<String>) -> Reply {
+    if names.is_empty() {
+        return Reply::err(
+            id,
+            "bad_args",
+            "clear needs at least one name (a service, service:N, or all)",
+        );
+    }
+    let every = names.iter().any(|n| n == "all");
+    let targets = match ctx.handle.log_targets(names, None).await {
+        Ok(targets) => targets,
+        Err(e) => return Reply::err(id, e.code, e.message),
+    };
+    if !every {
+        if let Some(missing) = without_files(&targets) {
+            return Reply::err(id, "no_log", missing);
+        }
+    }
+    // Each instance with its files, in order; `all` skips those with none.
+    let mut instances: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for target in targets {
+        let Some(path) = target.path else { continue };
+        match instances.last_mut() {
+            Some((name, paths)) if *name == target.name => {
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+            _ => instances.push((target.name, vec![path])),
+        }
+    }
+    let output = ctx.output.clone();
+    let cleared = tokio::task::spawn_blocking(move || {
+        instances
+            .into_iter()
+            .map(|(name, paths)| {
+                let failed: Vec<String> = paths
+                    .iter()
+                    .filter_map(|path| match output.clear(path) {
+                        Ok(()) => None,
+                        // Never written yet: as empty as it gets.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => Some(format!("cannot clear {}: {e}", path.display())),
+                    })
+                    .collect();
+                crate::protocol::ActionResult {
+                    name,
+                    ok: failed.is_empty(),
+                    message: if failed.is_empty() {
+                        "cleared".into()
+                    } else {
+                        failed.join("; ")
+                    },
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match cleared {
+        Ok(results) => Reply::ok(id, json!({ "results": results })),
+        Err(_) => Reply::err(id, "internal", "clearing the logs failed"),
+    }
+}
+
+/// `signal SIG NAME...|all`.
+async fn signal(ctx: &Context, id: Value, args: Vec<String>) -> Reply {
+    let Some((name, names)) = args.split_first() else {
+        return Reply::err(
+            id,
+            "bad_args",
+            "signal needs a signal name (HUP, SIGUSR1, …) and at least one name",
+        );
+    };
+    let Some(sig) = parse_signal(name) else {
+        return Reply::err(
+            id,
+            "bad_args",
+            format!(
+                "unknown signal {} (use a name such as HUP, TERM, USR1)",
+                shown(name)
+            ),
+        );
+    };
+    match ctx.handle.signal(sig, names.to_vec()).await {
+        Ok(results) => Reply::ok(id, json!({ "results": results })),
+        Err(e) => Reply::err(id, e.code, e.message),
+    }
+}
+
+/// `unfollow ID`: ends the follow that request ID started on this
+/// connection, once its task is done, so no event of it follows the reply.
+async fn unfollow(conn: &Conn, req: Request) -> Reply {
+    if !req.opts.is_empty() {
+        let name = req.opts.keys().next().cloned().unwrap_or_default();
+        return Reply::err(
+            req.id,
+            "bad_args",
+            format!("unfollow takes no options (got {})", shown(&name)),
+        );
+    }
+    let [key] = req.args.as_slice() else {
+        return Reply::err(
+            req.id,
+            "bad_args",
+            "unfollow takes the id of the request that started the follow",
+        );
+    };
+    let Some(follow) = conn.follows().remove(key) else {
+        return Reply::err(
+            req.id,
+            "bad_args",
+            format!("no follow with id {} on this connection", shown(key)),
+        );
+    };
+    follow.stop.cancel();
+    // A follow notices within one poll, or one blocking read.
+    let _ = tokio::time::timeout(Duration::from_secs(5), follow.ended).await;
+    Reply::ok(req.id, json!({}))
+}
+
+/// One followed stream.
+struct Followed {
+    /// `web:0`.
+    name: String,
+    /// Which stream.
+    stream: Stream,
+    /// Its reader.
+    follower: Follower,
+}
+
+/// A follow to run once its request's reply is queued.
+struct FollowTask {
+    /// The id of the request that started it, carried by its events.
+    id: Value,
+    /// Its booking in the connection (dropped when it ends).
+    registration: Registration,
+    /// What it follows.
+    followed: Vec<Followed>,
+}
+
+impl FollowTask {
+    /// Queues what the poller reads for it as `output` events, until
+    /// `unfollow`, the end of the connection, or a connection that does not
+    /// take an event within [`SLOW_FOLLOWER`] (then closed).
+    async fn run(self, conn: &Conn) {
+        let FollowTask {
+            id,
+            registration,
+            followed,
+        } = self;
+        let (labels, followers): (Vec<_>, Vec<_>) = followed
+            .into_iter()
+            .map(|f| ((f.name, f.stream.name()), f.follower))
+            .unzip();
+        let mut chunks = match conn.poller.watch(followers) {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                crate::log!("client {}: cannot follow: {e}", conn.peer);
+                return;
+            }
+        };
+        let stop = registration.stop.clone();
+        loop {
+            let (i, text) = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                chunk = chunks.recv() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let Some((name, stream)) = labels.get(i) else {
+                continue;
+            };
+            let event = OutputEvent {
+                id: id.clone(),
+                name: name.clone(),
+                stream: (*stream).into(),
+                text,
+            };
+            let frame = Message::text(event.encode());
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                sent = tokio::time::timeout(SLOW_FOLLOWER, conn.out.send(frame)) => match sent {
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        crate::log!(
+                            "client {}: follower too slow (no room in its queue for {} s), disconnecting",
+                            conn.peer,
+                            SLOW_FOLLOWER.as_secs()
+                        );
+                        conn.kill.cancel();
+                        break;
+                    }
+                    Ok(Err(_)) => break, // the connection is gone
+                },
+            }
+        }
+        // Dropping the receiver ends the poller's watch; the registration
+        // tells `unfollow` the follow is over.
+        drop(chunks);
+        drop(registration);
     }
 }
 
@@ -761,15 +1552,24 @@ mod tests {
 
     #[test]
     fn only_commands_that_change_something_are_logged_without_a_trailing_space() {
-        let request = |cmd: &str, args: &[&str]| Request {
-            id: Value::Null,
-            cmd: cmd.into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+        let request = |cmd: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            Request::new(Value::Null, cmd, &args)
         };
-        for cmd in ["start", "stop", "restart", "reload", "shutdown", "exit"] {
+        for cmd in [
+            "start", "stop", "restart", "reload", "shutdown", "exit", "signal", "clear",
+        ] {
             assert!(changes_something(cmd), "{cmd}");
         }
-        for cmd in ["status", "version", "subscribe", "tail", "logs", "nosuch"] {
+        for cmd in [
+            "status",
+            "version",
+            "subscribe",
+            "tail",
+            "logs",
+            "unfollow",
+            "nosuch",
+        ] {
             assert!(!changes_something(cmd), "{cmd}");
         }
         assert_eq!(command_line(&request("reload", &[])), "reload");
@@ -780,6 +1580,165 @@ mod tests {
         assert_eq!(
             command_line(&request("stop", &["a\n2026-01-01T00:00:00Z forged\r"])),
             "stop a\\n2026-01-01T00:00:00Z forged\\r"
+        );
+    }
+
+    fn with_opts(cmd: &str, opts: Value) -> Request {
+        let mut req = Request::new(json!(1), cmd, &[]);
+        if let Value::Object(opts) = opts {
+            req.opts = opts;
+        }
+        req
+    }
+
+    #[test]
+    fn options_get_defaults_and_every_mistake_is_named() {
+        assert_eq!(
+            command_opts(&with_opts("tail", json!({}))),
+            Ok(Opts::Tail {
+                stream: Stream::Stdout,
+                lines: 10,
+                follow: false
+            })
+        );
+        assert_eq!(
+            command_opts(&with_opts(
+                "tail",
+                json!({"stream": "stderr", "lines": 10000, "follow": true})
+            )),
+            Ok(Opts::Tail {
+                stream: Stream::Stderr,
+                lines: 10_000,
+                follow: true
+            })
+        );
+        assert_eq!(
+            command_opts(&with_opts("logs", json!({"lines": 1}))),
+            Ok(Opts::Logs {
+                lines: 1,
+                follow: true
+            })
+        );
+        assert_eq!(
+            command_opts(&with_opts("status", json!({}))),
+            Ok(Opts::None)
+        );
+        // An unknown command's own error comes first.
+        assert_eq!(
+            command_opts(&with_opts("frob", json!({"x": 1}))),
+            Ok(Opts::None)
+        );
+        let cases = [
+            (
+                "tail",
+                json!({"lines": 0}),
+                "lines must be between 1 and 10000, got 0",
+            ),
+            (
+                "tail",
+                json!({"lines": 10001}),
+                "lines must be between 1 and 10000, got 10001",
+            ),
+            ("logs", json!({"lines": -3}), "got -3"),
+            (
+                "tail",
+                json!({"lines": "5"}),
+                "option \"lines\" of tail must be an integer, got \"5\"",
+            ),
+            (
+                "tail",
+                json!({"follow": "yes"}),
+                "option \"follow\" of tail must be a boolean",
+            ),
+            (
+                "tail",
+                json!({"stream": "stdin"}),
+                "stream must be \"stdout\" or \"stderr\", got \"stdin\"",
+            ),
+            (
+                "tail",
+                json!({"lnes": 5}),
+                "unknown option \"lnes\" for tail (did you mean \"lines\"?)",
+            ),
+            (
+                "logs",
+                json!({"stream": "stdout"}),
+                "unknown option \"stream\" for logs",
+            ),
+            (
+                "status",
+                json!({"lines": 5}),
+                "status takes no options (got \"lines\")",
+            ),
+            ("clear", json!({"x": true}), "clear takes no options"),
+        ];
+        for (cmd, opts, want) in cases {
+            let got = command_opts(&with_opts(cmd, opts.clone())).expect_err(&opts.to_string());
+            assert!(got.contains(want), "{cmd} {opts}: {got}");
+        }
+    }
+
+    #[test]
+    fn follow_ids_match_as_text() {
+        assert_eq!(follow_key(&json!(7)), "7");
+        assert_eq!(follow_key(&json!("7")), "7");
+        assert_eq!(follow_key(&json!("a b")), "a b");
+        assert_eq!(follow_key(&Value::Null), "null");
+    }
+
+    #[test]
+    fn logs_lines_keep_the_newest_that_fit_and_json_len_is_exact() {
+        for text in [
+            "plain",
+            "quote \" and \\",
+            "tab\tnl\ncr\r",
+            "\u{1}\u{1b}[0m",
+            "é☃",
+        ] {
+            let encoded = serde_json::to_string(text).unwrap();
+            assert_eq!(json_len(text), encoded.len() - 2, "{text:?}");
+        }
+        let lines = newest_lines("web:0", Stream::Stdout, "a\nb\nc", 1000);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "c"]);
+        assert_eq!(lines[0].name, "web:0");
+        assert_eq!(lines[0].stream, "stdout");
+        // Room for two lines' worth: the newest two.
+        let one = 40 + "web:0".len() + "stdout".len() + 1;
+        let lines = newest_lines("web:0", Stream::Stdout, "a\nb\nc\n", 2 * one);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["b", "c"]);
+        let encoded = serde_json::to_string(&lines).unwrap();
+        assert!(encoded.len() <= 2 * one, "{encoded}");
+        assert!(newest_lines("web:0", Stream::Stdout, "", 1000).is_empty());
+    }
+
+    #[test]
+    fn no_log_names_the_first_instance_without_any_file() {
+        let target = |name: &str, stream, path: Option<&str>| LogTarget {
+            name: name.into(),
+            stream,
+            path: path.map(PathBuf::from),
+            missing: format!("{name} has no {} file", stream.name()),
+        };
+        let half = [
+            target("web:0", Stream::Stdout, Some("/x/out.log")),
+            target("web:0", Stream::Stderr, None),
+        ];
+        assert_eq!(
+            without_files(&half),
+            None,
+            "one stream with a file is enough"
+        );
+        let none = [
+            target("web:0", Stream::Stdout, Some("/x/out.log")),
+            target("web:0", Stream::Stderr, None),
+            target("db:0", Stream::Stdout, None),
+            target("db:0", Stream::Stderr, None),
+        ];
+        assert_eq!(
+            without_files(&none).as_deref(),
+            Some("db:0 has no stdout file")
         );
     }
 
@@ -816,6 +1775,26 @@ mod tests {
         );
         let _and_more = connections.admit();
         assert_eq!(evicted(&mut admitted), [1]);
+    }
+
+    #[test]
+    fn a_following_connection_is_not_idle() {
+        let connections = Connections::new(2);
+        let (a, mut a_evicted) = connections.admit();
+        let (b, mut b_evicted) = connections.admit();
+        let (a, _b) = (Arc::new(a), Arc::new(b));
+        // `a` is the older: by age alone it would go first.
+        let follow = a.following();
+        let _c = connections.admit();
+        assert!(a_evicted.try_recv().is_err(), "a follower was evicted");
+        assert!(b_evicted.try_recv().is_ok());
+        drop(follow);
+        let _d = connections.admit(); // evicts c, idle since before
+        let _e = connections.admit();
+        assert!(
+            a_evicted.try_recv().is_ok(),
+            "idle again once the follow ended"
+        );
     }
 
     #[tokio::test]

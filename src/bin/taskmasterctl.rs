@@ -22,7 +22,8 @@ struct Cli {
     #[arg(long)]
     json: bool,
     /// The command and its arguments; none opens the interactive shell.
-    #[arg(value_name = "COMMAND [ARGS]")]
+    /// Words after COMMAND are its own, flags included (`tail -f -n 5`).
+    #[arg(value_name = "COMMAND [ARGS]", allow_hyphen_values = true)]
     command: Vec<String>,
 }
 

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{self, HeaderValue};
@@ -315,22 +315,33 @@ impl Session {
     /// Sends one request and waits for its reply: within [`ANSWER_TIMEOUT`],
     /// unless the command waits for an action to settle.
     pub async fn request(&mut self, cmd: &str, args: &[String]) -> Result<Reply, SessionError> {
+        self.request_with(cmd, args, Map::new())
+            .await
+            .map(|(_, reply)| reply)
+    }
+
+    /// [`Session::request`] with options; also returns the request's id,
+    /// which the output events of a follow it starts carry (and `unfollow`
+    /// names).
+    pub async fn request_with(
+        &mut self,
+        cmd: &str,
+        args: &[String],
+        opts: Map<String, Value>,
+    ) -> Result<(u64, Reply), SessionError> {
         let id = self.next_id;
         self.next_id += 1;
         if cmd == "subscribe" {
             self.subscribed = true;
         }
-        let frame = Request {
-            id: Value::from(id),
-            cmd: cmd.to_string(),
-            args: args.to_vec(),
-        }
-        .encode();
+        let mut request = Request::new(Value::from(id), cmd, args);
+        request.opts = opts;
+        let frame = request.encode();
         if WAITS_FOR_ACTION.contains(&cmd) {
-            return self.exchange(frame, id).await;
+            return self.exchange(frame, id).await.map(|reply| (id, reply));
         }
         match tokio::time::timeout(ANSWER_TIMEOUT, self.exchange(frame, id)).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|reply| (id, reply)),
             Err(_) => Err(self.target.timeout(format!("reply to {cmd}"))),
         }
     }

@@ -11,6 +11,12 @@
 //! Everything runs on a current-thread tokio runtime built on demand: a
 //! one-shot `status` is a process start, one connect, one round trip, so there
 //! is nothing worth a thread pool.
+//!
+//! `tail -f` and `logs` (which follows by default) print their reply, then
+//! the `output` events that carry their request's id, until Ctrl-C, a
+//! closed stdout or the end of the connection. Ctrl-C sends `unfollow` and
+//! waits for its reply, after which no event of that follow can come: the
+//! session is as good as new for the REPL's next command.
 
 pub mod command;
 pub mod connection;
@@ -18,11 +24,15 @@ pub mod render;
 pub mod repl;
 
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::time::SystemTime;
+
+use serde::Deserialize as _;
+use serde_json::Value;
 
 use command::Command;
 use connection::{Session, SessionError, Target};
+use render::Prefixes;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,24 +147,146 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs one command that needs the daemon on an open session, printing its
-/// outcome. `interrupt` ends `events` (Ctrl-C); other commands ignore it.
+/// outcome. `interrupt` ends `events` and follows (Ctrl-C); other commands
+/// ignore it.
 async fn execute(
     session: &mut Session,
     command: &Command,
     json: bool,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Exit, SessionError> {
-    let Some((cmd, args)) = command.wire() else {
+    let Some(wire) = command.wire() else {
         return match command {
             Command::Events => follow_events(session, json, interrupt).await,
             _ => Ok(Exit::Ok),
         };
     };
-    let reply = session.request(cmd, args).await?;
+    if command.follows() {
+        return follow_output(session, command, json, interrupt).await;
+    }
+    let (_, reply) = session
+        .request_with(wire.cmd, &wire.args, wire.opts)
+        .await?;
+    if let (Command::Logs { .. }, true, false) = (command, reply.ok, json) {
+        if let Some(Ok(logs)) = reply
+            .data
+            .as_ref()
+            .map(crate::protocol::LogsData::deserialize)
+        {
+            let names = logs.lines.iter().map(|l| l.name.as_str());
+            let mut prefixes = Prefixes::new(names, colour());
+            print_out(&render::logs_text(&logs, &mut prefixes));
+            return Ok(Exit::Ok);
+        }
+    }
     let rendered = render::reply(command, &reply, json);
     print_out(&rendered.stdout);
     print_err(&rendered.stderr);
     Ok(rendered.exit)
+}
+
+/// Whether `logs` colours its prefixes: only for a terminal, and not when
+/// the user asked for no colour (`NO_COLOR`, no-color.org).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `tail -f` and `logs`: the reply, then every output event of the follow
+/// it starts, until `interrupt` (then `unfollow`, so the session stays
+/// usable), a closed stdout, or the end of the connection.
+async fn follow_output(
+    session: &mut Session,
+    command: &Command,
+    json: bool,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Exit, SessionError> {
+    let Some(wire) = command.wire() else {
+        return Ok(Exit::Ok);
+    };
+    // `logs` pads names to one width from the start: every instance it may
+    // follow is among those `status` lists.
+    let mut prefixes = match command {
+        Command::Logs { names, .. } if !json => {
+            let names: Vec<String> = names.iter().filter(|n| *n != "all").cloned().collect();
+            let listed = match session.request("status", &names).await?.data {
+                Some(data) => instance_names(&data),
+                None => Vec::new(),
+            };
+            Some(Prefixes::new(listed.iter().map(String::as_str), colour()))
+        }
+        _ => None,
+    };
+    let (id, reply) = session
+        .request_with(wire.cmd, &wire.args, wire.opts)
+        .await?;
+    if !reply.ok {
+        let rendered = render::reply(command, &reply, json);
+        print_err(&rendered.stderr);
+        return Ok(rendered.exit);
+    }
+    let first = match (&mut prefixes, reply.data.as_ref()) {
+        (_, Some(data)) if json => format!("{data}\n"),
+        (Some(prefixes), Some(data)) => match crate::protocol::LogsData::deserialize(data) {
+            Ok(logs) => render::logs_text(&logs, prefixes),
+            Err(_) => render::reply(command, &reply, false).stdout,
+        },
+        _ => render::reply(command, &reply, false).stdout,
+    };
+    if !print_out_checked(&first) {
+        return Ok(Exit::Ok);
+    }
+    let id = Value::from(id);
+    tokio::pin!(interrupt);
+    loop {
+        let event = tokio::select! {
+            () = &mut interrupt => {
+                if let Some(prefixes) = &mut prefixes {
+                    print_out(&prefixes.flush());
+                }
+                // Wait for the reply: after it, no event of this follow
+                // comes, and the session can carry the next command.
+                session.request("unfollow", &[id.to_string()]).await?;
+                return Ok(Exit::Ok);
+            }
+            event = session.next_event() => event?,
+        };
+        let Some(event) = event else {
+            if let Some(prefixes) = &mut prefixes {
+                print_out(&prefixes.flush());
+            }
+            eprintln!("taskmasterd closed the connection");
+            return Ok(Exit::Ok);
+        };
+        if event.get("event").and_then(Value::as_str) != Some("output")
+            || event.get("id") != Some(&id)
+        {
+            continue;
+        }
+        let field = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or_default();
+        let text = if json {
+            format!("{event}\n")
+        } else if let Some(prefixes) = &mut prefixes {
+            prefixes.chunk(field("name"), field("stream"), field("text"))
+        } else {
+            field("text").to_string()
+        };
+        if !print_out_checked(&text) {
+            return Ok(Exit::Ok);
+        }
+    }
+}
+
+/// The instance names of a `status` reply's data.
+fn instance_names(data: &Value) -> Vec<String> {
+    data.get("instances")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i.get("name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `events`: subscribe, then print each event until `interrupt`, the end of
@@ -210,12 +342,20 @@ fn report(error: &SessionError) -> Exit {
 
 /// Writes to stdout, ignoring a closed pipe (`taskmasterctl status | head -1`).
 fn print_out(text: &str) {
-    if !text.is_empty() {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush());
+    print_out_checked(text);
+}
+
+/// Writes to stdout; false once it is closed (`taskmasterctl logs | head`),
+/// which ends a follow.
+fn print_out_checked(text: &str) -> bool {
+    if text.is_empty() {
+        return true;
     }
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
 }
 
 /// Writes to stderr, ignoring failures.
@@ -264,6 +404,12 @@ mod tests {
             &["restart"],
             &["reload", "x"],
             &["help", "nosuch"],
+            &["tail"],
+            &["tail", "-n", "0", "web:0"],
+            &["logs", "-x"],
+            &["clear"],
+            &["signal", "HUP"],
+            &["signal", "NOPE", "web"],
         ] {
             assert_eq!(run(options(words)), Exit::Usage, "{words:?}");
         }

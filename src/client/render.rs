@@ -6,6 +6,13 @@
 //! decision is tested by table. The text mirrors supervisorctl: `status`
 //! has no header, one aligned line per instance; actions print `NAME: what
 //! happened` or `NAME: ERROR (why)`.
+//!
+//! Output (SPEC §10): `tail` prints the text as it is in the file; `logs`
+//! prints `NAME | line`, names padded to one width, and on a terminal each
+//! instance's name in its own colour and a stderr line's bar in red (the
+//! plain text is the same for both streams, so a pipe gets what SPEC §10
+//! shows). A followed chunk may end inside a line: [`Prefixes`] holds the
+//! start of a line until its end arrives.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -16,7 +23,8 @@ use serde_json::Value;
 use super::command::Command;
 use super::Exit;
 use crate::protocol::{
-    ActionResult, DiffData, InstanceInfo, ReloadEvent, Reply, StatusData, TransitionEvent,
+    ActionResult, DiffData, InstanceInfo, LogsData, ReloadEvent, Reply, StatusData, TailData,
+    TransitionEvent,
 };
 
 /// Width of the state column: the longest state (`STARTING`, `STOPPING`)
@@ -69,9 +77,11 @@ pub fn reply(command: &Command, reply: &Reply, json: bool) -> Rendered {
     if json {
         let exit = match command {
             Command::Status(_) => status_exit_lenient(data),
-            Command::Start(_) | Command::Stop(_) | Command::Restart(_) => {
-                results_exit_lenient(data)
-            }
+            Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Clear(_)
+            | Command::Signal { .. } => results_exit_lenient(data),
             _ => Exit::Ok,
         };
         return Rendered::out(format!("{data}\n"), exit);
@@ -83,12 +93,27 @@ pub fn reply(command: &Command, reply: &Reply, json: bool) -> Rendered {
             Ok(status) => status_output(&status),
             Err(e) => malformed(e),
         },
-        Command::Start(_) | Command::Stop(_) | Command::Restart(_) => {
+        Command::Start(_)
+        | Command::Stop(_)
+        | Command::Restart(_)
+        | Command::Clear(_)
+        | Command::Signal { .. } => {
             match Vec::<ActionResult>::deserialize(data.get("results").unwrap_or(&null)) {
                 Ok(results) => results_output(&results),
                 Err(e) => malformed(e),
             }
         }
+        Command::Tail { follow, .. } => match TailData::deserialize(data) {
+            Ok(tail) => Rendered::out(tail_text(&tail.text, *follow), Exit::Ok),
+            Err(e) => malformed(e),
+        },
+        Command::Logs { .. } => match LogsData::deserialize(data) {
+            Ok(logs) => {
+                let mut prefixes = Prefixes::new(logs.lines.iter().map(|l| l.name.as_str()), false);
+                Rendered::out(logs_text(&logs, &mut prefixes), Exit::Ok)
+            }
+            Err(e) => malformed(e),
+        },
         Command::Reload => match DiffData::deserialize(data) {
             Ok(diff) => Rendered::out(diff_lines(&diff), Exit::Ok),
             Err(e) => malformed(e),
@@ -101,6 +126,120 @@ pub fn reply(command: &Command, reply: &Reply, json: bool) -> Rendered {
         Command::Events | Command::Help(_) | Command::Quit => {
             Rendered::out(String::new(), Exit::Ok)
         }
+    }
+}
+
+/// `tail`'s text as printed: as in the file, plus a newline after a last
+/// line that has none yet, unless following (then the rest of that line is
+/// still to come).
+pub fn tail_text(text: &str, follow: bool) -> String {
+    if follow || text.is_empty() || text.ends_with('\n') {
+        text.to_string()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// The lines of a `logs` reply, each prefixed.
+pub fn logs_text(logs: &LogsData, prefixes: &mut Prefixes) -> String {
+    let mut out = String::new();
+    for line in &logs.lines {
+        out.push_str(&prefixes.line(&line.name, &line.stream, &line.text));
+    }
+    out
+}
+
+/// Colours for instance names on a terminal, in turn: cyan, yellow, green,
+/// magenta, blue, and their bright forms (red is kept for stderr).
+const PALETTE: &[&str] = &["36", "33", "32", "35", "34", "96", "93", "92", "95", "94"];
+
+/// How `logs` prefixes lines: `NAME | `, names padded to one width, each
+/// name its own colour when `colour` is set; and the starts of followed
+/// lines whose ends have not arrived.
+#[derive(Debug, Clone, Default)]
+pub struct Prefixes {
+    /// Width of the name column.
+    width: usize,
+    /// Whether to colour (stdout is a terminal).
+    colour: bool,
+    /// Names in the order first seen: a name's colour is its place here.
+    names: Vec<String>,
+    /// Per (name, stream): text after the last newline of its chunks.
+    partial: Vec<((String, String), String)>,
+}
+
+impl Prefixes {
+    /// Prefixes for lines of `names` (any order, repeats allowed); a longer
+    /// name met later widens the column from then on.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>, colour: bool) -> Prefixes {
+        let mut prefixes = Prefixes {
+            colour,
+            ..Prefixes::default()
+        };
+        for name in names {
+            prefixes.know(name);
+        }
+        prefixes
+    }
+
+    fn know(&mut self, name: &str) -> usize {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return i;
+        }
+        self.width = self.width.max(name.chars().count());
+        self.names.push(name.to_string());
+        self.names.len() - 1
+    }
+
+    /// One line (`text` without its newline), prefixed, with its newline.
+    pub fn line(&mut self, name: &str, stream: &str, text: &str) -> String {
+        let index = self.know(name);
+        let width = self.width;
+        if !self.colour {
+            return format!("{name:<width$} | {text}\n");
+        }
+        let colour = PALETTE[index % PALETTE.len()];
+        let bar = if stream == "stderr" {
+            "\x1b[1;31m|\x1b[0m"
+        } else {
+            "|"
+        };
+        format!("\x1b[{colour}m{name:<width$}\x1b[0m {bar} {text}\n")
+    }
+
+    /// A followed chunk: the lines it completes, prefixed; a trailing
+    /// piece without its newline waits for the next chunk of that stream.
+    pub fn chunk(&mut self, name: &str, stream: &str, text: &str) -> String {
+        let key = (name.to_string(), stream.to_string());
+        let slot = match self.partial.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.partial.push((key, String::new()));
+                self.partial.len() - 1
+            }
+        };
+        let mut pending = std::mem::take(&mut self.partial[slot].1);
+        pending.push_str(text);
+        let mut out = String::new();
+        let complete = pending.rfind('\n').map_or(0, |i| i + 1);
+        for line in pending[..complete].split_inclusive('\n') {
+            out.push_str(&self.line(name, stream, line.strip_suffix('\n').unwrap_or(line)));
+        }
+        self.partial[slot].1 = pending[complete..].to_string();
+        out
+    }
+
+    /// The line starts still waiting for their ends (when the follow
+    /// stops), prefixed.
+    pub fn flush(&mut self) -> String {
+        let partial = std::mem::take(&mut self.partial);
+        let mut out = String::new();
+        for ((name, stream), text) in partial {
+            if !text.is_empty() {
+                out.push_str(&self.line(&name, &stream, &text));
+            }
+        }
+        out
     }
 }
 
@@ -529,6 +668,101 @@ api:1        STOPPED   Not started
             "added:     api\nremoved:   (none)\nchanged:   web\nunchanged: db, worker\n"
         );
         assert_eq!(r.exit, Exit::Ok);
+    }
+
+    #[test]
+    fn tail_prints_the_text_as_in_the_file() {
+        let data =
+            json!({"name": "web:0", "stream": "stdout", "path": "/x/out.log", "text": "a\nb\n"});
+        let tail = Command::Tail {
+            name: "web:0".into(),
+            stream: None,
+            lines: None,
+            follow: false,
+        };
+        let r = reply(&tail, &Reply::ok(json!(1), data.clone()), false);
+        assert_eq!((r.stdout.as_str(), r.exit), ("a\nb\n", Exit::Ok));
+        let r = reply(&tail, &Reply::ok(json!(1), data.clone()), true);
+        assert_eq!(r.stdout, format!("{data}\n"));
+        assert_eq!(tail_text("a\npart", false), "a\npart\n");
+        assert_eq!(tail_text("a\npart", true), "a\npart");
+        assert_eq!(tail_text("", false), "");
+        let no_log = Reply::err(
+            json!(1),
+            "no_log",
+            "web:0 has no stdout file (stdout = nil)",
+        );
+        let r = reply(&tail, &no_log, false);
+        assert_eq!(r.exit, Exit::DaemonError);
+        assert_eq!(r.stderr, "error: web:0 has no stdout file (stdout = nil)\n");
+    }
+
+    #[test]
+    fn logs_lines_are_prefixed_with_names_padded_to_one_width() {
+        let data = json!({"lines": [
+            {"name": "web:0", "stream": "stdout", "text": "up"},
+            {"name": "worker:10", "stream": "stderr", "text": "oops"},
+            {"name": "web:0", "stream": "stdout", "text": ""},
+        ]});
+        let logs = Command::Logs {
+            names: vec![],
+            lines: None,
+            follow: false,
+        };
+        let r = reply(&logs, &Reply::ok(json!(1), data), false);
+        assert_eq!(r.stdout, "web:0     | up\nworker:10 | oops\nweb:0     | \n");
+        let mut coloured = Prefixes::new(["web:0", "db:0"], true);
+        assert_eq!(
+            coloured.line("web:0", "stdout", "x"),
+            "\x1b[36mweb:0\x1b[0m | x\n"
+        );
+        assert_eq!(
+            coloured.line("db:0", "stderr", "y"),
+            "\x1b[33mdb:0 \x1b[0m \x1b[1;31m|\x1b[0m y\n"
+        );
+    }
+
+    #[test]
+    fn followed_chunks_are_printed_line_by_line() {
+        let mut p = Prefixes::new(["web:0", "db:0"], false);
+        assert_eq!(p.chunk("web:0", "stdout", "one\ntw"), "web:0 | one\n");
+        assert_eq!(p.chunk("db:0", "stdout", "x"), "");
+        assert_eq!(
+            p.chunk("web:0", "stdout", "o\nthree\n"),
+            "web:0 | two\nweb:0 | three\n"
+        );
+        assert_eq!(p.chunk("web:0", "stderr", "e\n"), "web:0 | e\n");
+        assert_eq!(p.flush(), "db:0  | x\n");
+        assert_eq!(p.flush(), "");
+    }
+
+    #[test]
+    fn clear_and_signal_print_results_like_actions() {
+        let data = json!({"results": [
+            {"name": "web:0", "ok": true, "message": "sent SIGHUP"},
+            {"name": "idle:0", "ok": false, "message": "not running"},
+        ]});
+        let signal = Command::Signal {
+            signal: "HUP".into(),
+            names: vec!["web".into(), "idle".into()],
+        };
+        let r = reply(&signal, &Reply::ok(json!(1), data.clone()), false);
+        assert_eq!(
+            r.stdout,
+            "web:0: sent SIGHUP\nidle:0: ERROR (not running)\n"
+        );
+        assert_eq!(r.exit, Exit::DaemonError);
+        assert_eq!(
+            reply(&signal, &Reply::ok(json!(1), data), true).exit,
+            Exit::DaemonError
+        );
+        let cleared = json!({"results": [{"name": "web:0", "ok": true, "message": "cleared"}]});
+        let r = reply(
+            &Command::Clear(vec!["web".into()]),
+            &Reply::ok(json!(1), cleared),
+            false,
+        );
+        assert_eq!((r.stdout.as_str(), r.exit), ("web:0: cleared\n", Exit::Ok));
     }
 
     #[test]

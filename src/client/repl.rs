@@ -13,7 +13,9 @@
 //!
 //! Ctrl-C at the prompt clears the line (rustyline reads it as a key); during
 //! a command it abandons the wait and drops the session, so a late reply
-//! cannot be mistaken for the next one's.
+//! cannot be mistaken for the next one's. A follow (`tail -f`, `logs`) is
+//! the exception: there Ctrl-C is how it ends, so the follow itself takes
+//! it, sends `unfollow` and waits for the reply, and the session is kept.
 //!
 //! `exit` is what people type to leave a shell, and here it is an alias of
 //! `shutdown`: so when the input is a terminal, both first ask
@@ -47,8 +49,14 @@ pub const CONFIRM: &str = "stop every service and the daemon? [y/N] ";
 /// How many lines the history file keeps.
 const HISTORY_SIZE: usize = 1000;
 
-/// Commands whose arguments are service or instance names.
-const TAKES_NAMES: &[&str] = &["status", "start", "stop", "restart"];
+/// Commands whose arguments are service or instance names (`signal` after
+/// its signal, `tail` and `logs` besides their flags).
+const TAKES_NAMES: &[&str] = &["status", "start", "stop", "restart", "clear", "logs"];
+
+/// Signals offered after `signal`, the ones worth sending to a service.
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP", "WINCH",
+];
 
 /// Runs the shell until `quit` or end of input.
 pub fn run(options: &Options) -> Exit {
@@ -184,15 +192,31 @@ impl Shell {
     /// whatever happens.
     async fn run(&mut self, command: &Command) {
         let json = self.json;
+        let follows = command.follows();
         let outcome = tokio::select! {
             biased;
             result = async {
                 let session = self.session().await?;
-                // Ctrl-C is watched here, around every command, so `events`
-                // needs no interrupt of its own.
-                execute(session, command, json, std::future::pending()).await
+                // A follow takes Ctrl-C itself, to unfollow and keep the
+                // session.
+                let interrupt = async move {
+                    if follows {
+                        interrupted().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                execute(session, command, json, interrupt).await
             } => Outcome::Done(result),
-            () = interrupted() => Outcome::Interrupted,
+            // For the rest Ctrl-C is watched here, around every command, so
+            // `events` needs no interrupt of its own.
+            () = async {
+                if follows {
+                    std::future::pending().await
+                } else {
+                    interrupted().await
+                }
+            } => Outcome::Interrupted,
         };
         match outcome {
             Outcome::Done(Ok(_)) => {}
@@ -370,14 +394,28 @@ fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<Pair>) {
     let word = &before[start..];
     let previous: Vec<&str> = before[..start].split_whitespace().collect();
     let commands = || COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>();
-    let pool: Vec<&str> = match previous.as_slice() {
-        [] => commands(),
-        ["help"] => commands(),
-        [first, typed @ ..] if TAKES_NAMES.contains(first) => names
+    let unused = |typed: &[&str]| -> Vec<&str> {
+        names
             .iter()
             .map(String::as_str)
             .filter(|n| !typed.contains(n))
-            .collect(),
+            .collect()
+    };
+    let pool: Vec<&str> = match previous.as_slice() {
+        [] => commands(),
+        ["help"] => commands(),
+        // A flag's value is not completed.
+        [.., "-n" | "--lines"] => Vec::new(),
+        [_, ..] if word.starts_with('-') => Vec::new(),
+        ["signal"] => SIGNALS.to_vec(),
+        ["signal", _, typed @ ..] => unused(typed),
+        ["tail", typed @ ..] => match positional(typed).len() {
+            // `tail all` means nothing: one instance.
+            0 => unused(&["all"]),
+            1 => vec!["stdout", "stderr"],
+            _ => Vec::new(),
+        },
+        [first, typed @ ..] if TAKES_NAMES.contains(first) => unused(typed),
         _ => Vec::new(),
     };
     let candidates = pool
@@ -389,6 +427,22 @@ fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<Pair>) {
         })
         .collect();
     (start, candidates)
+}
+
+/// The words of `tail`/`logs` that are not flags or a flag's value.
+fn positional<'a>(words: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "-n" | "--lines" => {
+                words.next();
+            }
+            w if w.starts_with('-') && w.len() > 1 => {}
+            w => out.push(w),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -454,6 +508,33 @@ mod tests {
         assert_eq!(shown("status web:0 web:").1, vec!["web:1".to_string()]);
         assert!(shown("reload w").1.is_empty());
         assert!(shown("version ").1.is_empty());
+    }
+
+    #[test]
+    fn completes_the_log_commands() {
+        assert_eq!(shown("ta"), (0, vec!["tail".into()]));
+        assert_eq!(shown("cl").1, vec!["clear".to_string()]);
+        assert_eq!(shown("sig").1, vec!["signal".to_string()]);
+        assert_eq!(shown("lo").1, vec!["logs".to_string()]);
+        assert_eq!(
+            shown("tail -f -n 5 web:"),
+            (13, vec!["web:0".into(), "web:1".into()])
+        );
+        assert!(!shown("tail ").1.contains(&"all".to_string()));
+        assert_eq!(
+            shown("tail web:0 "),
+            (11, vec!["stdout".into(), "stderr".into()])
+        );
+        assert_eq!(shown("tail -f web:0 std").1, ["stdout", "stderr"]);
+        assert!(shown("tail web:0 stdout ").1.is_empty());
+        assert!(shown("tail -n ").1.is_empty(), "a number goes there");
+        assert!(shown("tail -").1.is_empty());
+        assert_eq!(shown("signal H").1, ["HUP"]);
+        assert_eq!(shown("signal US").1, ["USR1", "USR2"]);
+        assert_eq!(shown("signal HUP wo").1, ["worker", "worker:0"]);
+        assert_eq!(shown("clear a").1, ["all"]);
+        assert_eq!(shown("logs web web:").1, ["web:0", "web:1"]);
+        assert_eq!(shown("logs --no-follow w").1.len(), 5);
     }
 
     #[test]

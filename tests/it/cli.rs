@@ -697,3 +697,258 @@ fn a_server_that_floods_other_frames_makes_ctl_exit_4_after_10_s() {
     let (o, took) = ctl_at(&fake.url(), &["status"]);
     assert_gave_up(&o, took, "reply to status");
 }
+
+/// Services for the log commands: files with known lines, one without a
+/// file, and a ticker that prints `line N` every 50 ms.
+const LOGS_CFG: &str = r#"return { services = {
+    a = { cmd = [[sh -c 'echo a1; echo a2; echo oops >&2; exec sleep 1000']], stdout = "a.log", stderr = "a.err", starttime = 0 },
+    longname = { cmd = [[sh -c 'echo l1; exec sleep 1000']], stdout = "l.log", starttime = 0 },
+    quiet = { cmd = "sleep 1000", starttime = 0 },
+    tick = { cmd = [[sh -c 'i=0; while :; do i=$((i+1)); echo "line $i"; sleep 0.05; done']], stdout = "tick.log", starttime = 0 },
+} }"#;
+
+fn logs_daemon(tag: &str) -> Daemon {
+    let d = Daemon::start(tag, LOGS_CFG);
+    wait_file(&d.dir.join("a.log"), secs(10), |t| t == "a1\na2\n");
+    wait_file(&d.dir.join("a.err"), secs(10), |t| t == "oops\n");
+    wait_file(&d.dir.join("l.log"), secs(10), |t| t == "l1\n");
+    wait_file(&d.dir.join("tick.log"), secs(10), |t| {
+        t.lines().count() >= 2
+    });
+    d
+}
+
+/// A `taskmasterctl ARGS` that keeps running (a follow), its stdout lines
+/// read by a thread; killed by its pid when dropped.
+struct Following {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Following {
+    fn start(d: &Daemon, args: &[&str]) -> Following {
+        let mut child = Command::new(ctl_bin())
+            .arg("--url")
+            .arg(d.url())
+            .args(args)
+            .env_remove("TASKMASTER_TOKEN")
+            .env_remove("TASKMASTER_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn taskmasterctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Following { child, lines }
+    }
+
+    /// The next `n` lines, each within 10 s.
+    fn take(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                self.lines
+                    .recv_timeout(secs(10))
+                    .unwrap_or_else(|e| panic!("line {i} of {n}: {e}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `line N` numbers of lines (after an optional prefix), checked to be
+/// consecutive.
+fn consecutive(lines: &[String], prefix: &str) {
+    let numbers: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            l.strip_prefix(prefix)
+                .and_then(|l| l.strip_prefix("line "))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line {l:?} in {lines:?}"))
+        })
+        .collect();
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        (first..first + numbers.len() as u64).collect::<Vec<_>>(),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn tail_logs_clear_and_signal_one_shot() {
+    let d = logs_daemon("cli-logs");
+    let o = ctl(&d, &["tail", "-n", "1", "a:0"]);
+    assert_eq!((o.status.code(), out(&o)), (Some(0), "a2\n".to_string()));
+    let o = ctl(&d, &["tail", "a", "stderr"]);
+    assert_eq!((o.status.code(), out(&o)), (Some(0), "oops\n".to_string()));
+    let o = ctl(&d, &["--json", "tail", "a:0"]);
+    let v: Value = serde_json::from_str(out(&o).trim()).expect("one JSON line");
+    assert_eq!(
+        (v["name"].as_str(), v["text"].as_str()),
+        (Some("a:0"), Some("a1\na2\n"))
+    );
+    assert_eq!(v["stream"], "stdout");
+
+    let o = ctl(&d, &["logs", "--no-follow", "-n", "1", "a", "longname"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(
+        out(&o),
+        "a:0        | a2\na:0        | oops\nlongname:0 | l1\n",
+        "prefixed, padded to one width, no colour in a pipe"
+    );
+    let o = ctl(&d, &["--json", "logs", "--no-follow", "-n", "1", "a"]);
+    let v: Value = serde_json::from_str(out(&o).trim()).expect("one JSON line");
+    assert_eq!(
+        v["lines"],
+        serde_json::json!([
+            {"name": "a:0", "stream": "stdout", "text": "a2"},
+            {"name": "a:0", "stream": "stderr", "text": "oops"},
+        ])
+    );
+
+    let o = ctl(&d, &["clear", "longname"]);
+    assert_eq!(
+        (o.status.code(), out(&o)),
+        (Some(0), "longname:0: cleared\n".to_string())
+    );
+    assert_eq!(fs::read(d.dir.join("l.log")).unwrap(), b"");
+    let o = ctl(&d, &["signal", "CONT", "a"]);
+    assert_eq!(
+        (o.status.code(), out(&o)),
+        (Some(0), "a:0: sent SIGCONT\n".to_string())
+    );
+    let o = ctl(&d, &["signal", "sigcont", "a:0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+
+    // The daemon's errors exit 1 with its message; usage errors exit 2.
+    for (args, message) in [
+        (
+            &["tail", "quiet:0"][..],
+            "error: quiet:0 has no stdout file (stdout = nil)\n",
+        ),
+        (
+            &["logs", "quiet"],
+            "error: quiet:0 has no stdout file (stdout = nil)\n",
+        ),
+        (
+            &["clear", "quiet"],
+            "error: quiet:0 has no stdout file (stdout = nil)\n",
+        ),
+        (
+            &["tail", "nosuch"],
+            "error: no such service or instance: nosuch\n",
+        ),
+        (
+            &["signal", "HUP", "nosuch"],
+            "error: no such service or instance: nosuch\n",
+        ),
+    ] {
+        let o = ctl(&d, args);
+        assert_eq!(
+            (o.status.code(), err(&o).as_str()),
+            (Some(1), message),
+            "{args:?}"
+        );
+    }
+    for args in [
+        &["tail", "-n", "0", "a:0"][..],
+        &["tail", "-n", "10001", "a:0"],
+        &["tail", "a:0", "stdin"],
+        &["logs", "--follow"],
+        &["signal", "FOO", "a"],
+        &["signal", "HUP"],
+        &["clear"],
+    ] {
+        let o = ctl(&d, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+    }
+}
+
+#[test]
+fn tail_f_and_logs_follow_what_a_child_prints() {
+    let d = logs_daemon("cli-follow");
+    let mut tail = Following::start(&d, &["tail", "-f", "-n", "2", "tick:0"]);
+    let lines = tail.take(8);
+    consecutive(&lines, "");
+    drop(tail);
+
+    let mut logs = Following::start(&d, &["logs", "-n", "1", "tick"]);
+    let lines = logs.take(6);
+    consecutive(&lines, "tick:0 | ");
+    drop(logs);
+
+    let mut json = Following::start(&d, &["--json", "tail", "-f", "-n", "1", "tick:0"]);
+    let lines = json.take(4);
+    let first: Value = serde_json::from_str(&lines[0]).expect("the reply's data");
+    assert_eq!(first["name"], "tick:0");
+    for line in &lines[1..] {
+        let v: Value = serde_json::from_str(line).expect("an event");
+        assert_eq!(
+            (v["event"].as_str(), v["name"].as_str()),
+            (Some("output"), Some("tick:0"))
+        );
+        assert!(v["id"].is_number(), "{v}");
+    }
+}
+
+#[test]
+fn repl_ctrl_c_ends_a_follow_and_the_session_goes_on() {
+    let d = logs_daemon("cli-repl-follow");
+    let state = temp_dir("xdg-follow");
+    let mut t = Terminal::start(&["--url", &d.url()], &[("XDG_STATE_HOME", &state)]);
+    t.expect("taskmaster> ");
+    t.line("tail -f -n 1 tick:0");
+    // Positive control: the follow prints new lines.
+    t.expect("line ");
+    t.expect("\nline ");
+    t.expect("\nline ");
+    t.type_keys("\x03");
+    t.expect("taskmaster> ");
+    let after_follow = t.consumed;
+    assert!(
+        !t.screen().contains("interrupted; the daemon may still"),
+        "{}",
+        t.screen()
+    );
+    // The shell goes on, and nothing more of the follow is printed.
+    t.line("version");
+    t.expect(&format!("\n{}", env!("CARGO_PKG_VERSION")));
+    t.prompt();
+    let screen = t.screen();
+    let between = &screen[after_follow..t.consumed];
+    assert!(
+        !between.contains("line "),
+        "output after Ctrl-C: {between:?}"
+    );
+    // Log commands complete: `ta` Tab gives tail, then a name, then stderr.
+    t.type_keys("ta\t");
+    t.expect("tail");
+    t.type_keys("-n 1 a:0 stde\t");
+    t.expect("stderr");
+    t.type_keys("\r");
+    t.expect("\noops");
+    t.prompt();
+    // Another follow on the same shell, and Ctrl-C again.
+    t.line("logs -n 1 tick");
+    t.expect("tick:0");
+    t.expect("| line ");
+    t.type_keys("\x03");
+    t.expect("taskmaster> ");
+    t.line("quit");
+    assert!(t.exit_status().success(), "{}", t.screen());
+}

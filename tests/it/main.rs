@@ -9,6 +9,7 @@ mod faults;
 mod hardening;
 mod hooks;
 mod logging;
+mod logs;
 mod lua;
 mod output;
 mod reload;

@@ -551,9 +551,14 @@ fn only_commands_that_change_something_are_logged() {
     d.ok("version", &[]);
     let mut sub = d.connect();
     assert_eq!(call(&mut sub, 1, "subscribe", &[])["ok"], true);
+    // Read-only, even when they fail.
+    d.request("tail", &["web:0"]);
+    d.request("unfollow", &["1"]);
     // The positive control: these change something and must be logged.
     d.ok("start", &["idle"]);
+    d.ok("signal", &["HUP", "idle"]);
     d.ok("stop", &["idle:0"]);
+    d.request("clear", &["web"]);
     d.ok("reload", &[]);
     let log = d.log();
     let every = [
@@ -566,6 +571,11 @@ fn only_commands_that_change_something_are_logged() {
         "exit",
         "subscribe",
         "version",
+        "tail",
+        "logs",
+        "clear",
+        "signal",
+        "unfollow",
     ];
     // "client 127.0.0.1:PORT: CMD ARGS", other client lines (handshakes) aside.
     let commands: Vec<&str> = log
@@ -577,7 +587,13 @@ fn only_commands_that_change_something_are_logged() {
         .collect();
     assert_eq!(
         commands,
-        ["start idle", "stop idle:0", "reload"],
+        [
+            "start idle",
+            "signal HUP idle",
+            "stop idle:0",
+            "clear web",
+            "reload"
+        ],
         "client commands logged; whole log:\n{log}"
     );
     for line in log.lines() {
@@ -710,6 +726,45 @@ fn a_subscribed_connection_is_never_the_one_evicted() {
             Ok(Message::Close(f)) => panic!("the subscriber was closed: {f:?}"),
             Ok(_) => {}
             Err(e) => panic!("the subscriber lost its connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_following_connection_is_never_the_one_evicted() {
+    let cap = taskmaster::server::MAX_CLIENTS;
+    let lua = r#"return { services = {
+        web = { cmd = "sleep 1000", stdout = "out.log", starttime = 0 },
+    } }"#;
+    let mut d = Daemon::start("evict-follow", lua);
+    d.wait_state("web:0", "RUNNING", secs(10));
+    let mut follower = connect_within(d.port, secs(10)).expect("follower");
+    let req = json!({"id": 1, "cmd": "tail", "args": ["web:0"], "opts": {"follow": true}});
+    follower.send(Message::text(req.to_string())).unwrap();
+    assert_eq!(read_reply(&mut follower, &json!(1))["ok"], true);
+    let mut oldest_idle = connect_within(d.port, secs(10)).expect("idle");
+    // The follower is older than every idle connection: an eviction by age
+    // alone would pick it first.
+    let _idle = idle_sessions(d.port, cap);
+    // Positive control: evictions did happen, starting with the oldest idle.
+    closed_within(&mut oldest_idle, secs(10)).expect("oldest idle evicted");
+    // The follower still receives what is written.
+    fs::write(d.dir.join("out.log"), "still here\n").unwrap();
+    set_timeout(&mut follower, Some(secs(10)));
+    let deadline = Instant::now() + secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no output for the follower");
+        match follower.read() {
+            Ok(Message::Text(t)) => {
+                let ev: Value = serde_json::from_str(&t).unwrap();
+                if ev["event"] == "output" && ev["text"] == "still here\n" {
+                    assert_eq!(ev["id"], 1);
+                    break;
+                }
+            }
+            Ok(Message::Close(f)) => panic!("the follower was closed: {f:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("the follower lost its connection: {e}"),
         }
     }
 }
