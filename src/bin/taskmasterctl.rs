@@ -33,11 +33,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    // `--json` is taskmasterctl's own wherever it is written (`status web
+    // --json` is how scripts often say it); no command takes it.
+    let mut words = cli.command;
+    let end = words.iter().position(|w| w == "--").unwrap_or(words.len());
+    let late_json = words[..end].iter().any(|w| w == "--json");
+    if late_json {
+        let tail = words.split_off(end);
+        words.retain(|w| w != "--json");
+        words.extend(tail);
+    }
     let exit = client::run(Options {
         url: cli.url,
         token: cli.token,
-        json: cli.json,
-        command: cli.command,
+        json: cli.json || late_json,
+        command: words,
     });
     ExitCode::from(exit.code())
 }
