@@ -1,1 +1,0 @@
-//! Health probes (SPEC §11), run off the actor: `cmd`, `http`, `tcp`.
