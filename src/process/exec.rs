@@ -17,11 +17,17 @@
 //! Waiting is bounded by a deadline (the Lua time budget): when it passes,
 //! the command's process group gets SIGKILL, so a hook blocked in a command
 //! that never ends is cut off on time like one looping in Lua.
+//!
+//! A health probe's `cmd` ([`spawn_probe`]) is spawned here the same way,
+//! but waited for asynchronously by `health`: this side stays synchronous
+//! and hands over a pipe and a pidfd, which the runtime can poll.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -403,4 +409,80 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A health probe's command, just spawned ([`spawn_probe`]).
+pub struct ProbeChild {
+    /// Its pid, which is also its process group; its status is kept for
+    /// [`wait_child`].
+    pub pid: u32,
+    /// The read end of the one pipe its stdout and stderr share (blocking,
+    /// close-on-exec).
+    pub output: OwnedFd,
+    /// A pidfd that becomes readable when it has exited (Linux ≥ 5.3), so
+    /// the exit can be awaited without a thread; None where the kernel or a
+    /// seccomp filter refuses `pidfd_open`.
+    pub exited: Option<OwnedFd>,
+}
+
+/// Spawns a health probe's `cmd` (SPEC §11): `/bin/sh -c CMD` in a process
+/// group of its own, marked for the guard, its status kept for
+/// [`wait_child`]; the services' environment hygiene plus `env`; stdin
+/// /dev/null; stdout and stderr into one pipe, so the output reads in the
+/// order it was written, as with `2>&1`.
+pub fn spawn_probe(
+    cmd: &str,
+    env: &BTreeMap<String, String>,
+    workingdir: Option<&Path>,
+) -> io::Result<ProbeChild> {
+    if let Some(dir) = workingdir {
+        // posix_spawn would report a missing directory as ENOENT, which
+        // reads like a missing /bin/sh.
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("working directory {} does not exist", dir.display()),
+            ));
+        }
+    }
+    let (output, write) = io::pipe()?;
+    let mut command = Command::new("/bin/sh");
+    clean_env(&mut command);
+    command
+        .arg("-c")
+        .arg(cmd)
+        .envs(env)
+        .stdin(dev_null())
+        .stdout(write.try_clone()?)
+        .stderr(write)
+        .process_group(0);
+    if let Some(dir) = workingdir {
+        command.current_dir(dir);
+    }
+    let child = spawn_marked(&mut command, true)?;
+    // The command holds our copies of the write end: dropped here, so the
+    // pipe reaches end of file once the probe's processes are gone.
+    drop(command);
+    let pid = child.id();
+    Ok(ProbeChild {
+        pid,
+        output: output.into(),
+        exited: pidfd_open(pid),
+    })
+}
+
+/// A pidfd for our child `pid`, opened right after its spawn: the reaper
+/// runs on the actor's thread, which is the probe's too, so it cannot have
+/// collected the child (and let its number be reused) in between. Should it
+/// have anyway, this fails with ESRCH and the caller falls back to
+/// [`wait_child`], which finds the recorded status.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new
+    // descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just returned by the kernel, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
