@@ -806,5 +806,57 @@ fn http_probe_cost() {
     }
     let (a, w) = (cpu_us(), w.elapsed());
     report("floor: blocking std client, by IP", b, a, server_round(), w);
+    // For comparison, `cmd = "true"` (the daemon's side: spawn, pipe,
+    // pidfd, reap; the shell's own CPU is its, not the daemon's).
+    rt.block_on(async {
+        let (b, w) = (cpu_us(), std::time::Instant::now());
+        for _ in 0..PROBES {
+            let r = run(probe(Probe::Cmd("true".into()), Duration::from_secs(5))).await;
+            assert!(r.ok, "{r:?}");
+        }
+        let (a, w) = (cpu_us(), w.elapsed());
+        report("cmd = \"true\"", b, a, 0, w);
+    });
     let _ = server.join();
+}
+
+/// cmd probes while a thread reaps like the daemon's SIGCHLD handler does
+/// (`process::reap`, racing `wait_child`), leaking no descriptor. Ignored: it reaps every child
+/// of the test process, so run it alone:
+/// `cargo test --lib health::tests::cmd_probes_beside_the_reaper -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn cmd_probes_beside_the_reaper() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reaper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = crate::process::reap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    // After a first probe: /dev/null is opened once, at the first spawn.
+    assert!(cmd("true").await.ok);
+    let before = fds();
+    for i in 0..100 {
+        let script = format!("echo {i}; exit {}", i % 2);
+        let r = cmd(&script).await;
+        assert_eq!(r.ok, i % 2 == 0, "{r:?}");
+        assert_eq!(r.output, i.to_string());
+    }
+    let r = check(probe(
+        Probe::Cmd("echo $$; sleep 100".into()),
+        Duration::from_millis(200),
+    ))
+    .await;
+    assert!(r.output.starts_with("timed out after 200ms: "), "{r:?}");
+    let pids = pids_in(&r.output);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reaper.join();
+    assert!(!exists(pids[0]));
+    // No pipe or pidfd left open (alone in the process, the count is exact).
+    assert_eq!(fds(), before);
 }
