@@ -41,7 +41,8 @@ fn healthy_waits_for_a_passing_cmd_probe_and_status_shows_health() {
         "healthy",
         &services(
             "db = { cmd = 'sleep 3003', starttime = 0, \
-                    healthcheck = { cmd = 'test -f ready', interval = 0.1, timeout = 1, retries = 1 } }, \
+                    healthcheck = { cmd = 'test -f ready', interval = 0.1, timeout = 1, retries = 1, \
+                                    on_unhealthy = 'none' } }, \
              api = { cmd = 'sleep 3004', starttime = 0, depends_on = { db = 'healthy' } }",
         ),
     );
@@ -76,9 +77,9 @@ fn an_http_probe_per_instance_port_and_a_tcp_probe_pass() {
             "web = {{ cmd = 'python3 -m http.server {{instance+{base}}} --bind 127.0.0.1', \
                      numprocs = 2, starttime = 0, stdout = 'web-{{instance}}.log', \
                      healthcheck = {{ http = 'http://127.0.0.1:{{instance+{base}}}/', \
-                                      interval = 0.2, retries = 1, timeout = 1 }} }}, \
+                                      interval = 0.2, retries = 5, timeout = 1, start_period = 0.5 }} }}, \
              raw = {{ cmd = 'python3 -m http.server {p} --bind 127.0.0.1', starttime = 0, \
-                     healthcheck = {{ tcp = '127.0.0.1:{p}', interval = 0.2, retries = 1 }} }}",
+                     healthcheck = {{ tcp = '127.0.0.1:{p}', interval = 0.2, retries = 10 }} }}",
             p = base + 10
         )),
     );
