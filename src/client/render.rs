@@ -407,6 +407,20 @@ pub fn event_line(event: &Value, now: SystemTime) -> String {
             Ok(r) => format!("{} {}", timestamp(now), reload_text(&r)),
             Err(_) => event.to_string(),
         },
+        Some("health") => match crate::protocol::HealthEvent::deserialize(event) {
+            Ok(h) => {
+                let time = Duration::try_from_secs_f64(h.time)
+                    .ok()
+                    .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+                    .unwrap_or(now);
+                let mut line = format!("{} {} is {}", timestamp(time), h.name, h.health);
+                if !h.output.is_empty() && h.health != "healthy" {
+                    let _ = write!(line, " ({})", h.output.trim_end());
+                }
+                line
+            }
+            Err(_) => event.to_string(),
+        },
         _ => event.to_string(),
     }
 }
