@@ -1,8 +1,19 @@
 //! What every workload shares: statistics, the report row, a running
-//! taskmasterd driven over WebSocket, and readings from /proc.
+//! taskmasterd driven over WebSocket, readings from /proc, and the cleanup
+//! that makes sure nothing the bench started outlives it.
+//!
+//! Cleanup works on three levels: every daemon, supervisord and helper
+//! child is owned by a value whose `Drop` stops it by pid (also when a
+//! workload fails with an error or panics); each is spawned with
+//! `PR_SET_PDEATHSIG`, so it is told to go even if the bench itself is
+//! killed; and the bench is a child subreaper, so anything orphaned on the
+//! way is reparented to it, found by [`leftovers`] at the end and killed by
+//! pid. Spawns happen on the main thread, since the death signal follows
+//! the thread that forked.
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,6 +113,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .die_with_parent(libc::SIGTERM)
             .spawn()
             .map_err(|e| format!("spawn taskmasterd: {e}"))?;
         Ok(Daemon {
@@ -218,10 +230,18 @@ impl Drop for Daemon {
 }
 
 pub fn call(ws: &mut Ws, id: u64, cmd: &str, args: &[&str]) -> Res<Value> {
-    ws.send(Message::text(
-        json!({"id": id, "cmd": cmd, "args": args}).to_string(),
-    ))
-    .map_err(|e| e.to_string())?;
+    call_opts(ws, id, cmd, args, None)
+}
+
+/// A request with `opts` (SPEC §10: `tail`, `logs`); the whole reply, ok or not.
+pub fn call_opts(
+    ws: &mut Ws,
+    id: u64,
+    cmd: &str,
+    args: &[&str],
+    opts: Option<&Value>,
+) -> Res<Value> {
+    send_opts(ws, id, cmd, args, opts)?;
     if let MaybeTlsStream::Plain(s) = ws.get_mut() {
         let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
     }
@@ -237,6 +257,16 @@ pub fn call(ws: &mut Ws, id: u64, cmd: &str, args: &[&str]) -> Res<Value> {
             _ => {}
         }
     }
+}
+
+/// Sends a request without waiting for its reply.
+pub fn send_opts(ws: &mut Ws, id: u64, cmd: &str, args: &[&str], opts: Option<&Value>) -> Res<()> {
+    let mut req = json!({"id": id, "cmd": cmd, "args": args});
+    if let Some(o) = opts {
+        req["opts"] = o.clone();
+    }
+    ws.send(Message::text(req.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 pub fn proc_status_kib(pid: u32, key: &str) -> f64 {
@@ -265,6 +295,112 @@ pub fn cpu_ns(pid: u32) -> u64 {
         }
     }
     total
+}
+
+/// User + system CPU seconds of process `pid`, all threads
+/// (`/proc/PID/stat` fields 14 and 15, in clock ticks: 10 ms resolution).
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|x| x.parse::<f64>().ok());
+    // fields[0] is field 3 (state), so utime (14) is fields[11].
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / clock_ticks(),
+        _ => f64::NAN,
+    }
+}
+
+fn clock_ticks() -> f64 {
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    }
+}
+
+/// The bench's own executable: children run it in a child mode (`--emit`, `--tick`).
+pub fn self_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("target/release/examples/bench"))
+}
+
+/// `Command` that is sent `sig` when the bench (the spawning thread) dies.
+pub trait DieWithParent {
+    fn die_with_parent(&mut self, sig: libc::c_int) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self, sig: libc::c_int) -> &mut Self {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+        unsafe {
+            self.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+                // The parent died between fork and prctl: go now.
+                if libc::getppid() != parent {
+                    libc::raise(sig);
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Children that must not outlive a workload: killed by pid and reaped on drop.
+#[derive(Default)]
+pub struct Kids(pub Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for k in &mut self.0 {
+            let _ = k.kill();
+        }
+        for k in &mut self.0 {
+            let _ = k.wait();
+        }
+    }
+}
+
+/// Makes orphans of the bench's descendants its children (see the module
+/// header), so [`leftovers`] can find them.
+pub fn become_subreaper() {
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Kills (by pid) and reaps every process still a child of the bench, and
+/// returns those that were alive: none when every workload cleaned up after itself.
+pub fn leftovers() -> Vec<(u32, String)> {
+    let me = std::process::id().to_string();
+    let mut left = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields.get(1) == Some(&me.as_str()) && fields[0] != "Z" {
+            left.push((pid, stat[open + 1..close].to_string()));
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    // Reap them, and any zombie orphan handed to us.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if r < 0 || (r == 0 && Instant::now() > deadline) {
+            break;
+        }
+        if r == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    left
 }
 
 /// Children of `pid` (ppid match) whose command name is `comm`.

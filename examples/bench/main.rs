@@ -7,7 +7,10 @@
 //!
 //! Speed and memory targets live here, never in timed tests.
 //!
-//! One module per workload group; `harness` holds what they share.
+//! One module per workload group; `harness` holds what they share. The
+//! same executable is also the child of the output workloads
+//! (`bench --emit BYTES`), so the daemon, the physical limit and
+//! supervisord all run the very same writer.
 
 mod harness;
 mod lifecycle;
@@ -39,7 +42,11 @@ fn main() {
         only: None,
         supervisord: None,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    // Child modes first: they must start fast and do nothing else.
+    if args.peek().map(String::as_str) == Some("--emit") {
+        output::emit(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0));
+    }
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
@@ -51,7 +58,7 @@ fn main() {
             }
             "--supervisord" => opts.supervisord = args.next().map(PathBuf::from),
             "-h" | "--help" => {
-                println!("bench [--quick] [--json PATH] [--only W1,W2,...] [--supervisord PATH]");
+                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,...] [--supervisord PATH]");
                 return;
             }
             other => {
@@ -64,28 +71,39 @@ fn main() {
         opts.supervisord = which("supervisord");
     }
     let bin = release_dir();
+    harness::become_subreaper();
     let mut rows = Vec::new();
     let want = |id: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
+    // A workload measures every id it names (W5 and W5r share their limit);
+    // only the rows asked for are kept. A failure or a panic in one workload
+    // is reported and the run goes on (its daemons are stopped on unwind).
     macro_rules! run {
-        ($id:literal, $f:expr) => {
-            if want($id) {
-                eprintln!("bench: {} ...", $id);
-                match $f {
-                    Ok(mut r) => rows.append(&mut r),
-                    Err(e) => eprintln!("bench: {} failed: {e}", $id),
+        ([$($id:literal),+], $f:expr) => {
+            let ids: &[&str] = &[$($id),+];
+            if ids.iter().any(|id| want(id)) {
+                eprintln!("bench: {} ...", ids.join(", "));
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $f)) {
+                    Ok(Ok(r)) => rows.extend(r.into_iter().filter(|r| want(r.id))),
+                    Ok(Err(e)) => eprintln!("bench: {} failed: {e}", ids.join(", ")),
+                    Err(_) => eprintln!("bench: {} panicked", ids.join(", ")),
                 }
             }
         };
     }
-    run!("W1", w1_spawn(&bin, &opts));
-    run!("W2", w2_status(&bin, &opts));
-    run!("W3", w3_crash_loop(&bin, &opts, false));
-    run!("W4", w4_restart_latency(&bin, &opts));
-    run!("W5", w5_output(&bin, &opts));
-    run!("W6", w6_stop_all(&bin, &opts));
-    run!("W7", w7_reload(&bin, &opts));
-    run!("W8", w3_crash_loop(&bin, &opts, true));
+    run!(["W1"], w1_spawn(&bin, &opts));
+    run!(["W2"], w2_status(&bin, &opts));
+    run!(["W3"], w3_crash_loop(&bin, &opts, false));
+    run!(["W4"], w4_restart_latency(&bin, &opts));
+    run!(["W5", "W5r", "W5w"], w5_output(&bin, &opts));
+    run!(["W6"], w6_stop_all(&bin, &opts));
+    run!(["W7"], w7_reload(&bin, &opts));
+    run!(["W8"], w3_crash_loop(&bin, &opts, true));
     report(&rows, &opts);
+    let left = harness::leftovers();
+    if !left.is_empty() {
+        eprintln!("bench: processes left behind (killed now): {left:?}");
+        std::process::exit(1);
+    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
