@@ -97,11 +97,29 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon whose log goes nowhere (as in a crash loop, where
+    /// writing it to a file would be part of what is measured).
     pub fn start(bin: &Path, tag: &str, lua: &str) -> Res<Daemon> {
+        Daemon::spawn(bin, tag, lua, false)
+    }
+
+    /// Starts a daemon whose log (stderr) is kept in its folder, so that a
+    /// daemon that exits early (a config it refuses) says why.
+    pub fn start_logged(bin: &Path, tag: &str, lua: &str) -> Res<Daemon> {
+        Daemon::spawn(bin, tag, lua, true)
+    }
+
+    fn spawn(bin: &Path, tag: &str, lua: &str, logged: bool) -> Res<Daemon> {
         let dir = temp(tag);
         let config = dir.join("taskmaster.lua");
         fs::write(&config, lua).map_err(|e| e.to_string())?;
         let port = free_port();
+        let stderr = match logged {
+            true => fs::File::create(dir.join("taskmasterd.stderr"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            false => Stdio::null(),
+        };
         let child = Command::new(bin.join("taskmasterd"))
             .args([
                 "--config",
@@ -112,7 +130,7 @@ impl Daemon {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .die_with_parent(libc::SIGTERM)
             .spawn()
             .map_err(|e| format!("spawn taskmasterd: {e}"))?;
@@ -146,6 +164,14 @@ impl Daemon {
             if let Ok((ws, _)) = tungstenite::connect(format!("ws://127.0.0.1:{}/", self.port)) {
                 self.ws = Some(ws);
                 break;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                let log =
+                    fs::read_to_string(self.dir.join("taskmasterd.stderr")).unwrap_or_default();
+                return Err(format!(
+                    "taskmasterd exited ({st}): {}",
+                    clip(log.trim(), 300)
+                ));
             }
             if Instant::now() > deadline {
                 return Err("daemon did not listen".into());
@@ -259,6 +285,14 @@ pub fn call_opts(
     }
 }
 
+/// `s` cut to at most `max` characters, with how much was left out.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{} … (+{} bytes)", &s[..at], s.len() - at),
+    }
+}
+
 /// Sends a request without waiting for its reply.
 pub fn send_opts(ws: &mut Ws, id: u64, cmd: &str, args: &[&str], opts: Option<&Value>) -> Res<()> {
     let mut req = json!({"id": id, "cmd": cmd, "args": args});
@@ -318,6 +352,15 @@ fn clock_ticks() -> f64 {
         n if n > 0 => n as f64,
         _ => 100.0,
     }
+}
+
+/// Wall-clock microseconds since the epoch (CLOCK_REALTIME): the clock the
+/// `--tick` children stamp their lines with.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// The bench's own executable: children run it in a child mode (`--emit`, `--tick`).

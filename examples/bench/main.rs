@@ -8,14 +8,15 @@
 //! Speed and memory targets live here, never in timed tests.
 //!
 //! One module per workload group; `harness` holds what they share. The
-//! same executable is also the child of the output workloads
-//! (`bench --emit BYTES`), so the daemon, the physical limit and
-//! supervisord all run the very same writer.
+//! same executable is also the child of the output and tail workloads
+//! (`bench --emit BYTES`, `bench --tick MS`), so the daemon, the physical
+//! limit and supervisord all run the very same writer.
 
 mod harness;
 mod lifecycle;
 mod output;
 mod supervisord;
+mod tail;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use serde_json::json;
 use harness::{Row, Stat};
 use lifecycle::*;
 use output::*;
+use tail::*;
 
 struct Opts {
     quick: bool,
@@ -44,8 +46,10 @@ fn main() {
     };
     let mut args = std::env::args().skip(1).peekable();
     // Child modes first: they must start fast and do nothing else.
-    if args.peek().map(String::as_str) == Some("--emit") {
-        output::emit(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0));
+    match args.peek().map(String::as_str) {
+        Some("--emit") => output::emit(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)),
+        Some("--tick") => tail::tick(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(100)),
+        _ => {}
     }
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -57,8 +61,9 @@ fn main() {
                     .map(|s| s.split(',').map(str::to_string).collect())
             }
             "--supervisord" => opts.supervisord = args.next().map(PathBuf::from),
+            "--instances" => opts.n = args.next().and_then(|n| n.parse().ok()).unwrap_or(opts.n),
             "-h" | "--help" => {
-                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,...] [--supervisord PATH]");
+                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,...] [--supervisord PATH] [--instances N (200)]");
                 return;
             }
             other => {
@@ -98,6 +103,7 @@ fn main() {
     run!(["W6"], w6_stop_all(&bin, &opts));
     run!(["W7"], w7_reload(&bin, &opts));
     run!(["W8"], w3_crash_loop(&bin, &opts, true));
+    run!(["TAIL"], tail_latency(&bin, &opts));
     report(&rows, &opts);
     let left = harness::leftovers();
     if !left.is_empty() {

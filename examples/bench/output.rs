@@ -215,7 +215,7 @@ fn taskmaster(bin: &Path, emit: &str, bytes: u64, rotate: bool, place: Place) ->
         "return {{ services = {{ out = {{ cmd = '{emit}', stdout = '{log}', {rotation}, \
          starttime = 0, autorestart = 'never', autostart = false }} }} }}"
     );
-    let mut d = Daemon::start(bin, if rotate { "w5r" } else { "w5" }, &lua)?;
+    let mut d = Daemon::start_logged(bin, if rotate { "w5r" } else { "w5" }, &lua)?;
     d.connect()?;
     d.wait_until(Duration::from_secs(30), |s| s.len() == 1)?;
     let c0 = proc_cpu_secs(d.pid());
