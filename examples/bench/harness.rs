@@ -446,6 +446,13 @@ pub fn leftovers() -> Vec<(u32, String)> {
     left
 }
 
+/// Reaps the orphans that exited (a daemon's helpers outlive it by a
+/// moment and are handed to the bench). Only between workloads: then no
+/// `Child` of the bench is waiting to be waited for.
+pub fn reap_orphans() {
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+}
+
 /// Children of `pid` (ppid match) whose command name is `comm`.
 pub fn children_named(pid: u32, comm: &str) -> usize {
     let mut n = 0;

@@ -92,6 +92,7 @@ fn main() {
                     Ok(Err(e)) => eprintln!("bench: {} failed: {e}", ids.join(", ")),
                     Err(_) => eprintln!("bench: {} panicked", ids.join(", ")),
                 }
+                harness::reap_orphans();
             }
         };
     }
