@@ -383,13 +383,17 @@ pub fn w5_output(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         unit: "CPU s/GiB",
         ours: Some(o),
         limit,
-        ratio: limit.map(|l| o.median / l.median),
+        // No ratio to a zero limit: the figure itself is the excess.
+        ratio: limit
+            .filter(|l| l.median > 0.0)
+            .map(|l| o.median / l.median),
         supervisord: sd,
         target: "reported".into(),
         pass: None,
     };
     let mib = bytes >> 20;
     let b = cpu(&bare);
+    let zero = stat(vec![0.0]);
     Ok(vec![
         rate_row(
             "W5",
@@ -400,9 +404,9 @@ pub fn w5_output(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         ),
         cpu_row(
             "W5",
-            "daemon CPU per GiB, rotation off (limit: none, a shell redirect has no middleman)",
+            "daemon CPU per GiB, rotation off (limit: 0, a shell redirect has no middleman)",
             cpu(&plain),
-            None,
+            Some(zero),
             sd_plain.map(|s| s.1),
         ),
         rate_row(
@@ -442,9 +446,9 @@ pub fn w5_output(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         ),
         cpu_row(
             "W5w",
-            "daemon CPU per GiB, W5 with F next to the config",
+            "daemon CPU per GiB, W5 with F next to the config (limit: 0)",
             cpu(&watched),
-            None,
+            Some(zero),
             None,
         ),
     ])
