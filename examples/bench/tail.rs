@@ -1,7 +1,10 @@
 //! TAIL (SPEC §16 "tail -f latency"): 200 instances each write a stamped
-//! line every 100 ms; one WebSocket connection follows all of them with one
-//! `tail` request each (`opts: {"follow": true}`), and every line is timed
-//! from the child's write to the `output` event that carries it.
+//! line every 100 ms; one WebSocket connection follows all of them, and
+//! every line is timed from the child's write to the `output` event that
+//! carries it. The follow is one `logs` request (`args: []`, `opts:
+//! {"follow": true, "lines": 1}`: every instance with a log file); a daemon
+//! that has `tail` but not `logs` gets one `tail` request per instance with
+//! `{"follow": true}` on the same connection instead.
 //!
 //! The children are this executable (`bench --tick 100`): each line is
 //! `SEQ MICROS\n`, MICROS the CLOCK_REALTIME just before the write(2), the
