@@ -1454,8 +1454,8 @@ impl FollowTask {
             }
         };
         let stop = registration.stop.clone();
-        loop {
-            let (i, text) = tokio::select! {
+        'follow: loop {
+            let batch = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
                 chunk = chunks.recv() => match chunk {
@@ -1463,32 +1463,34 @@ impl FollowTask {
                     None => break,
                 },
             };
-            let Some((name, stream)) = labels.get(i) else {
-                continue;
-            };
-            let event = OutputEvent {
-                id: id.clone(),
-                name: name.clone(),
-                stream: (*stream).into(),
-                text,
-            };
-            let frame = Message::text(event.encode());
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                sent = tokio::time::timeout(SLOW_FOLLOWER, conn.out.send(frame)) => match sent {
-                    Ok(Ok(())) => {}
-                    Err(_) => {
-                        crate::log!(
-                            "client {}: follower too slow (no room in its queue for {} s), disconnecting",
-                            conn.peer,
-                            SLOW_FOLLOWER.as_secs()
-                        );
-                        conn.kill.cancel();
-                        break;
-                    }
-                    Ok(Err(_)) => break, // the connection is gone
-                },
+            for (i, text) in batch {
+                let Some((name, stream)) = labels.get(i) else {
+                    continue;
+                };
+                let event = OutputEvent {
+                    id: id.clone(),
+                    name: name.clone(),
+                    stream: (*stream).into(),
+                    text,
+                };
+                let frame = Message::text(event.encode());
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break 'follow,
+                    sent = tokio::time::timeout(SLOW_FOLLOWER, conn.out.send(frame)) => match sent {
+                        Ok(Ok(())) => {}
+                        Err(_) => {
+                            crate::log!(
+                                "client {}: follower too slow (no room in its queue for {} s), disconnecting",
+                                conn.peer,
+                                SLOW_FOLLOWER.as_secs()
+                            );
+                            conn.kill.cancel();
+                            break 'follow;
+                        }
+                        Ok(Err(_)) => break 'follow, // the connection is gone
+                    },
+                }
             }
         }
         // Dropping the receiver ends the poller's watch; the registration

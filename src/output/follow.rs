@@ -80,8 +80,13 @@ pub const CHUNK: usize = 32 * 1024;
 /// Chunks a follow may have waiting for its consumer.
 pub const QUEUED: usize = 8;
 
-/// Text read for a follow: which of its followers (by index) and the text.
-pub type Output = (usize, String);
+/// Most text one batch carries (a follow of many files gets one batch per
+/// turn, so a full queue never starves the files late in its list).
+pub const BATCH: usize = 256 * 1024;
+
+/// Text read for a follow in one turn: which of its followers (by index)
+/// and the text, each follower's pieces in order.
+pub type Output = Vec<(usize, String)>;
 
 /// The daemon's one polling thread for every follow (cheap to clone).
 #[derive(Clone, Default)]
@@ -104,6 +109,8 @@ struct Watch {
     followers: Vec<Follower>,
     /// Where their text goes; closed when the follow ends.
     out: mpsc::Sender<Output>,
+    /// The follower read first next turn (turns rotate, for fairness).
+    next: usize,
 }
 
 impl Poller {
@@ -112,7 +119,11 @@ impl Poller {
     pub fn watch(&self, followers: Vec<Follower>) -> io::Result<mpsc::Receiver<Output>> {
         let (out, chunks) = mpsc::channel(QUEUED);
         let mut polled = self.lock();
-        polled.added.push(Watch { followers, out });
+        polled.added.push(Watch {
+            followers,
+            out,
+            next: 0,
+        });
         if !polled.running {
             let shared = self.shared.clone();
             std::thread::Builder::new()
@@ -168,28 +179,38 @@ fn poll(shared: &Mutex<Polled>) {
     }
 }
 
-/// One turn of one follow: a read of each follower while its channel has
-/// room. Returns whether something was left unread though there was room,
-/// and whether anything was read.
+/// One turn of one follow: a read of each follower, starting with the one
+/// after last turn's first, into one batch while the channel has room and
+/// the batch is under [`BATCH`]. Returns whether something was left unread
+/// though there was room, and whether anything was read.
 fn poll_watch(watch: &mut Watch) -> (bool, bool) {
-    let (mut more, mut read) = (false, false);
-    for (i, follower) in watch.followers.iter_mut().enumerate() {
-        let Ok(permit) = watch.out.try_reserve() else {
-            // Full (the consumer is behind: the text waits in the file) or
-            // closed (the follow ended; dropped at the next turn).
-            return (false, read);
-        };
-        // An unreadable file (permissions changed) is tried again next turn.
-        match follower.read(CHUNK) {
-            Ok(chunk) => {
-                more |= chunk.more;
-                if !chunk.text.is_empty() {
-                    read = true;
-                    permit.send((i, chunk.text));
-                }
-            }
-            Err(_) => drop(permit),
+    let Ok(permit) = watch.out.try_reserve() else {
+        // Full (the consumer is behind: the text waits in the file) or
+        // closed (the follow ended; dropped at the next turn).
+        return (false, false);
+    };
+    let n = watch.followers.len();
+    let (mut more, mut bytes) = (false, 0);
+    let mut batch = Vec::new();
+    for k in 0..n {
+        let i = (watch.next + k) % n;
+        if bytes >= BATCH {
+            more = true;
+            break;
         }
+        // An unreadable file (permissions changed) is tried again next turn.
+        if let Ok(chunk) = watch.followers[i].read(CHUNK) {
+            more |= chunk.more;
+            if !chunk.text.is_empty() {
+                bytes += chunk.text.len();
+                batch.push((i, chunk.text));
+            }
+        }
+    }
+    watch.next = if n == 0 { 0 } else { (watch.next + 1) % n };
+    let read = !batch.is_empty();
+    if read {
+        permit.send(batch);
     }
     (more, read)
 }
@@ -819,8 +840,10 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while got != ["a1\na2\n", "b1\n"] {
             assert!(std::time::Instant::now() < deadline, "{got:?}");
-            if let Ok((i, text)) = chunks.try_recv() {
-                got[i].push_str(&text);
+            if let Ok(batch) = chunks.try_recv() {
+                for (i, text) in batch {
+                    got[i].push_str(&text);
+                }
                 if got[0] == "a1\n" {
                     if let Some(line) = second.take() {
                         wa.write(line);
@@ -834,8 +857,12 @@ mod tests {
         while b_alone != "b1\n" {
             assert!(std::time::Instant::now() < deadline, "{b_alone:?}");
             match only_b.try_recv() {
-                Ok((0, text)) => b_alone.push_str(&text),
-                Ok(other) => panic!("{other:?}"),
+                Ok(batch) => {
+                    for (i, text) in batch {
+                        assert_eq!(i, 0);
+                        b_alone.push_str(&text);
+                    }
+                }
                 Err(_) => std::thread::sleep(POLL),
             }
         }
@@ -855,7 +882,7 @@ mod tests {
         while rest < QUEUED * 4 * (CHUNK + 2) {
             assert!(std::time::Instant::now() < deadline, "{rest}");
             match only_b.try_recv() {
-                Ok((_, text)) => rest += text.len(),
+                Ok(batch) => rest += batch.iter().map(|(_, t)| t.len()).sum::<usize>(),
                 Err(_) => std::thread::sleep(POLL),
             }
         }
