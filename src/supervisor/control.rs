@@ -21,7 +21,13 @@ fn covered_by_all(action: Control) -> Covers<'static, Inst> {
                 || i.restart_pending
                 || i.proc.drain == Some(AfterDrain::Start)
         },
-        Control::Start => &|i: &Inst| !matches!(i.proc.state, State::Starting | State::Running),
+        // WAITING counts as started (SPEC §18).
+        Control::Start => &|i: &Inst| {
+            !matches!(
+                i.proc.state,
+                State::Starting | State::Running | State::Waiting
+            )
+        },
         Control::Restart => &|_: &Inst| true,
     }
 }
