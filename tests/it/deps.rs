@@ -305,3 +305,35 @@ fn dependency_config_errors_are_reported() {
     assert!(err.contains("unknown service \"dbb\""), "{err}");
     assert!(err.contains("did you mean \"db\""), "{err}");
 }
+
+#[test]
+fn a_start_waiting_on_a_settled_unmet_dependency_is_answered_and_keeps_waiting() {
+    let mut d = Daemon::start(
+        "stuck",
+        &services(
+            "db = { cmd = 'sleep 3017', starttime = 0, \
+                    healthcheck = { cmd = 'exit 1', interval = 0.1, retries = 1, on_unhealthy = 'none' } }, \
+             api = { cmd = 'sleep 3018', starttime = 0, autostart = false, depends_on = { db = 'healthy' } }",
+        ),
+    );
+    d.wait_until("db unhealthy", secs(10), |s| {
+        s.iter()
+            .any(|i| i["name"] == "db:0" && i["health"] == "unhealthy")
+    });
+    let r = d.ok("start", &["api"]);
+    assert_eq!(r["results"][0]["ok"], false, "{r}");
+    assert_eq!(r["results"][0]["message"], "waiting for db (healthy)");
+    assert_eq!(d.instance("api:0")["state"], "WAITING");
+    // start all skips it (WAITING counts as started); stop all stops it.
+    let r = d.ok("start", &["all"]);
+    assert!(
+        r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["name"] != "api:0"),
+        "{r}"
+    );
+    d.ok("stop", &["all"]);
+    assert_eq!(d.instance("api:0")["state"], "STOPPED");
+}
