@@ -229,3 +229,22 @@ fn a_child_over_max_memory_is_restarted_one_under_it_is_not() {
     assert_eq!(calm["state"], "RUNNING");
     assert!(!d.log().contains("max_memory: calm:0"));
 }
+
+#[test]
+fn cmd_probes_run_as_the_services_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let uid = id(&["-u", "nobody"]).remove(0);
+    let config = format!(
+        "return {{ services = {{ web = {{ cmd = 'sleep 1000', starttime = 0, user = 'nobody', \
+         healthcheck = {{ cmd = [[test \"$(id -u)\" = {uid} && test \"$USER\" = nobody]], \
+         interval = 0.2, retries = 1 }} }} }} }}"
+    );
+    let mut d = Daemon::start("probeuser", &config);
+    d.wait_until("web:0 healthy", secs(15), |s| {
+        s.iter()
+            .any(|i| i["name"] == "web:0" && i["health"] == "healthy")
+    });
+}
