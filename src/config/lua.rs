@@ -189,7 +189,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     };
     lua.remove_hook();
     let config = validate(&value, &base)?;
-    let files = files.lock().map(|f| f.clone()).unwrap_or_default();
+    let mut files = files.lock().map(|f| f.clone()).unwrap_or_default();
+    files.extend(config.env_files());
     Ok(Loaded {
         config,
         files,

@@ -16,14 +16,19 @@
 //! templated fields, expanded per instance by `SpawnSpec::for_instance`),
 //! `healthcheck.rs` (and the probe targets' grammar), `deps.rs`
 //! (`depends_on`, checked across services once every service is read).
+//! SPEC §12: `privileges.rs` (`user`, `group`, `rlimits`, `env_file`,
+//! resolved at load) with `env_file.rs` (the dotenv grammar); `max_memory`
+//! is read here with the size grammar of `output.rs`.
 
 mod deps;
+mod env_file;
 mod fields;
 mod healthcheck;
 pub mod json;
 pub mod lua;
 mod output;
 pub mod placeholders;
+mod privileges;
 
 pub use fields::{did_you_mean, parse_signal};
 pub use healthcheck::{http_target, tcp_target, HttpTarget};
@@ -34,6 +39,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+
+pub use crate::process::identity::{Credentials, Limit, Resource};
 
 use fields::{
     boolean, file_path, int_in, integer, kind, seconds, string, umask, unknown_keys, Problems,
@@ -77,6 +84,15 @@ pub struct SpawnSpec {
     pub redirect_stderr: bool,
     /// Prefix each output line in the files with an RFC 3339 UTC timestamp.
     pub timestamps: bool,
+    /// Who the processes run as (resolved at load), or the daemon's user.
+    pub credentials: Option<Credentials>,
+    /// Resource limits set (soft and hard) before exec, by resource.
+    pub rlimits: Vec<(Resource, Limit)>,
+    /// The `env_file`s (absolute), in order: watched for reload.
+    pub env_files: Vec<PathBuf>,
+    /// Their variables, later files over earlier (`env` wins over these).
+    /// Not templates: a brace in a file is a brace.
+    pub file_env: BTreeMap<String, String>,
 }
 
 /// Size-based rotation of one log file (SPEC §10).
@@ -119,6 +135,8 @@ pub struct Policy {
     pub healthcheck: Option<Healthcheck>,
     /// Services this one waits for, with the condition each must meet.
     pub depends_on: BTreeMap<String, Condition>,
+    /// Restart an instance whose process group's RSS exceeds this (bytes).
+    pub max_memory: Option<u64>,
 }
 
 /// A health probe and its schedule (SPEC §11). Strings may hold
@@ -193,6 +211,7 @@ impl Default for Policy {
             stoptime: Duration::from_secs(10),
             healthcheck: None,
             depends_on: BTreeMap::new(),
+            max_memory: None,
         }
     }
 }
@@ -261,13 +280,30 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     if path.extension().is_some_and(|e| e == "json") {
         let value = json::read(path)?;
         let config = validate(&value, base_dir(path))?;
+        let mut files = vec![path.to_path_buf()];
+        files.extend(config.env_files());
         Ok(Loaded {
             config,
-            files: vec![path.to_path_buf()],
+            files,
             hooks: None,
         })
     } else {
         lua::load(path)
+    }
+}
+
+impl Config {
+    /// Every service's `env_file`s: the watcher follows them like the
+    /// files the config itself read.
+    pub fn env_files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .services
+            .values()
+            .flat_map(|s| s.spawn.env_files.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -299,6 +335,7 @@ const SERVICE_KEYS: &[&str] = &[
     "umask",
     "healthcheck",
     "depends_on",
+    "max_memory",
 ];
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
@@ -368,7 +405,12 @@ fn service(
         return None;
     };
     let before = p.count();
-    let known: Vec<&str> = SERVICE_KEYS.iter().chain(output::KEYS).copied().collect();
+    let known: Vec<&str> = SERVICE_KEYS
+        .iter()
+        .chain(output::KEYS)
+        .chain(privileges::KEYS)
+        .copied()
+        .collect();
     unknown_keys(obj, &known, path, p);
     let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
     let at = |name: &str| format!("{path}.{name}");
@@ -384,6 +426,10 @@ fn service(
         stderr_rotation: Rotation::default(),
         redirect_stderr: false,
         timestamps: false,
+        credentials: None,
+        rlimits: Vec::new(),
+        env_files: Vec::new(),
+        file_env: BTreeMap::new(),
     };
     let mut numprocs = 1;
 
@@ -473,6 +519,14 @@ fn service(
     output::read(obj, path, &mut spawn, p);
     if let Some(v) = field("workingdir") {
         spawn.workingdir = file_path(v, &at("workingdir"), base, p).flatten();
+    }
+    privileges::read(obj, path, base, &mut spawn, p);
+    if let Some(v) = field("max_memory") {
+        policy.max_memory = output::size(v, &at("max_memory"), p);
+        if policy.max_memory == Some(0) {
+            // Every process uses some: 0 would restart forever.
+            p.add(&at("max_memory"), "must be more than 0 bytes");
+        }
     }
     if let Some(v) = field("umask") {
         spawn.umask = umask(v, &at("umask"), p);

@@ -649,3 +649,160 @@ fn lua_configs_with_section_11_options() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// SPEC §12 options.
+
+fn privileges_dir() -> tempdir::Dir {
+    tempdir::Dir::new("privileges")
+}
+
+/// A throwaway folder for env files (no tempfile crate in the tree).
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!(
+                "tm-config-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("temp dir");
+            Dir(d)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn user_group_and_rlimits_are_resolved_at_load() {
+    let c = validate(
+        &json!({"services": {"web": {"cmd": "x", "user": "root", "group": 4242,
+            "rlimits": {"nofile": 4096, "core": "unlimited"}, "max_memory": "256MB"}}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let s = &c.services["web"];
+    let cred = s.spawn.credentials.as_ref().expect("credentials");
+    assert_eq!((cred.uid, cred.gid, cred.name.as_str()), (0, 4242, "root"));
+    assert!(cred.groups.contains(&4242));
+    assert_eq!(
+        s.spawn.rlimits,
+        vec![(Resource::Nofile, Some(4096)), (Resource::Core, None)]
+    );
+    assert_eq!(s.policy.max_memory, Some(256 * 1024 * 1024));
+    let by_uid = validate(
+        &json!({"services": {"web": {"cmd": "x", "user": 0}}}),
+        Path::new("/b"),
+    )
+    .unwrap();
+    let cred = by_uid.services["web"].spawn.credentials.clone().unwrap();
+    assert_eq!((cred.uid, cred.gid), (0, 0));
+}
+
+#[test]
+fn privilege_errors_name_the_field() {
+    let e = errors(json!({"services": {"web": {"cmd": "x",
+        "user": "no-such-user-xyz", "group": "no-such-group-xyz",
+        "rlimits": {"nofiles": 1, "cpu": -1, "core": "lots"}, "max_memory": "lots"}}}));
+    let want = [
+        "services.web.user: unknown user \"no-such-user-xyz\"",
+        "services.web.group: unknown group \"no-such-group-xyz\"",
+        "services.web.rlimits.core: expected an integer >= 0 or \"unlimited\", got string \"lots\"",
+        "services.web.rlimits.cpu: expected an integer >= 0 or \"unlimited\", got number -1",
+        "services.web.rlimits: unknown limit \"nofiles\" (expected one of nofile, nproc, core, memlock, stack, as, fsize, cpu) — did you mean \"nofile\"?",
+    ];
+    for w in want {
+        assert!(e.iter().any(|x| x == w), "{w}\nin {e:#?}");
+    }
+    assert!(
+        e.iter().any(|x| x.starts_with("services.web.max_memory: ")),
+        "{e:#?}"
+    );
+    let e = errors(json!({"services": {"web": {"cmd": "x", "user": true, "max_memory": 0}}}));
+    assert_eq!(
+        e,
+        vec![
+            "services.web.user: expected a user name or id, got boolean true",
+            "services.web.max_memory: must be more than 0 bytes",
+        ]
+    );
+}
+
+#[test]
+fn env_files_resolve_against_the_folder_later_ones_win() {
+    let d = privileges_dir();
+    std::fs::write(d.path().join(".env"), "# c\nA=1\nB=from-first\n").unwrap();
+    std::fs::write(d.path().join("two.env"), "export B='from two'\n").unwrap();
+    let c = validate(
+        &json!({"services": {"web": {"cmd": "x", "env_file": [".env", "two.env"],
+            "env": {"A": "env"}}}}),
+        d.path(),
+    )
+    .unwrap();
+    let s = &c.services["web"].spawn;
+    assert_eq!(s.file_env["A"], "1");
+    assert_eq!(s.file_env["B"], "from two");
+    assert_eq!(s.env["A"], "env");
+    assert_eq!(
+        c.env_files(),
+        vec![d.path().join(".env"), d.path().join("two.env")]
+    );
+    let single = validate(
+        &json!({"services": {"web": {"cmd": "x", "env_file": ".env"}}}),
+        d.path(),
+    )
+    .unwrap();
+    assert_eq!(single.services["web"].spawn.file_env["B"], "from-first");
+}
+
+#[test]
+fn env_file_errors_carry_file_and_line() {
+    let d = privileges_dir();
+    std::fs::write(d.path().join(".env"), "A=1\n\nnot a pair\n").unwrap();
+    let run = |v: Value| match validate(&v, d.path()) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        run(json!({"services": {"web": {"cmd": "x", "env_file": ".env"}}})),
+        vec!["services.web.env_file: .env:3: expected KEY=VALUE"]
+    );
+    assert_eq!(
+        run(json!({"services": {"web": {"cmd": "x", "env_file": ["missing.env"]}}})),
+        vec!["services.web.env_file[1]: missing.env: no such file"]
+    );
+    assert_eq!(
+        run(json!({"services": {"web": {"cmd": "x", "env_file": 3}}})),
+        vec!["services.web.env_file: expected a path or a list of paths, got number 3"]
+    );
+}
+
+#[test]
+fn lua_configs_record_env_files_for_the_watcher() {
+    let d = privileges_dir();
+    std::fs::write(d.path().join(".env"), "A=1\n").unwrap();
+    let cfg = d.path().join("taskmaster.lua");
+    std::fs::write(
+        &cfg,
+        "return {services = {web = {cmd = 'x', env_file = '.env'}}}\n",
+    )
+    .unwrap();
+    let loaded = load(&cfg).unwrap();
+    assert!(
+        loaded.files.contains(&d.path().join(".env")),
+        "{:?}",
+        loaded.files
+    );
+}

@@ -47,10 +47,11 @@ pub(super) async fn run(
     cmd: &str,
     env: &BTreeMap<String, String>,
     workingdir: Option<&Path>,
+    credentials: Option<&crate::process::identity::Credentials>,
     deadline: Instant,
     timeout: Duration,
 ) -> Verdict {
-    let child = exec::spawn_probe(cmd, env, workingdir)
+    let child = exec::spawn_probe(cmd, env, workingdir, credentials)
         .map_err(|e| format!("spawn error: {}", describe(&e)))?;
     follow(child, deadline, timeout).await
 }

@@ -47,6 +47,8 @@ pub struct ProbeRun {
     pub env: BTreeMap<String, String>,
     /// A `cmd`'s working directory, or the daemon's.
     pub workingdir: Option<PathBuf>,
+    /// A `cmd` runs as the service's user (SPEC §12), or the daemon's.
+    pub credentials: Option<crate::process::identity::Credentials>,
 }
 
 /// A probe's verdict.
@@ -69,6 +71,7 @@ pub async fn run(probe: ProbeRun) -> ProbeResult {
                 cmd,
                 &probe.env,
                 probe.workingdir.as_deref(),
+                probe.credentials.as_ref(),
                 deadline,
                 probe.timeout,
             )

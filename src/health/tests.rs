@@ -24,6 +24,7 @@ fn probe(probe: Probe, timeout: Duration) -> ProbeRun {
         timeout,
         env: BTreeMap::new(),
         workingdir: None,
+        credentials: None,
     }
 }
 
@@ -353,7 +354,7 @@ async fn a_dropped_cmd_probe_is_killed_and_reaped() {
 async fn cmd_without_a_pidfd_is_waited_for_on_the_pool() {
     let follow = |script: &str, timeout: Duration| {
         let mut child =
-            crate::process::exec::spawn_probe(script, &BTreeMap::new(), None).expect("spawn");
+            crate::process::exec::spawn_probe(script, &BTreeMap::new(), None, None).expect("spawn");
         assert!(child.exited.is_some(), "this kernel has pidfd_open");
         child.exited = None;
         tokio::time::timeout(

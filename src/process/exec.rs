@@ -434,6 +434,7 @@ pub fn spawn_probe(
     cmd: &str,
     env: &BTreeMap<String, String>,
     workingdir: Option<&Path>,
+    credentials: Option<&super::identity::Credentials>,
 ) -> io::Result<ProbeChild> {
     if let Some(dir) = workingdir {
         // posix_spawn would report a missing directory as ENOENT, which
@@ -458,6 +459,20 @@ pub fn spawn_probe(
         .process_group(0);
     if let Some(dir) = workingdir {
         command.current_dir(dir);
+    }
+    if let Some(c) = credentials {
+        // The service's user, as SPEC §12 asks; resolved at load, so the
+        // child only makes syscalls.
+        command
+            .env("HOME", &c.home)
+            .env("USER", &c.name)
+            .env("LOGNAME", &c.name)
+            .envs(env);
+        let setup = super::child_setup(None, Some(c), &[]);
+        // SAFETY: `apply_in_child` only makes async-signal-safe syscalls.
+        unsafe {
+            command.pre_exec(move || super::identity::apply_in_child(&setup));
+        }
     }
     let child = spawn_marked(&mut command, true)?;
     // The command holds our copies of the write end: dropped here, so the

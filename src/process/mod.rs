@@ -29,6 +29,8 @@
 pub mod argv;
 pub mod exec;
 pub mod guard;
+pub mod identity;
+pub mod memory;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -268,6 +270,12 @@ pub struct Program<'a> {
     pub workingdir: Option<&'a Path>,
     /// Child umask, or inherited.
     pub umask: Option<u32>,
+    /// Variables from `env_file`s, under `env` (which wins).
+    pub file_env: &'a BTreeMap<String, String>,
+    /// Who to run as, or the daemon's user.
+    pub credentials: Option<&'a identity::Credentials>,
+    /// Limits to set (soft and hard), or inherited.
+    pub limits: &'a [(identity::Resource, identity::Limit)],
 }
 
 pub fn spawn(
@@ -299,7 +307,16 @@ pub fn spawn(
         }
         command.current_dir(dir);
     }
+    if let Some(c) = req.credentials {
+        // Before the files and `env`, which may set them otherwise.
+        command
+            .env("HOME", &c.home)
+            .env("USER", &c.name)
+            .env("LOGNAME", &c.name);
+    }
+    identity::check_limits(req.limits)?;
     command
+        .envs(req.file_env)
         .envs(req.env)
         .env("TASKMASTER_SERVICE", service)
         .env("TASKMASTER_INSTANCE", instance.to_string())
@@ -307,20 +324,47 @@ pub fn spawn(
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    if let Some(mask) = req.umask {
-        // SAFETY: umask(2) is async-signal-safe; it runs in the forked child only.
+    let setup = child_setup(req.umask, req.credentials, req.limits);
+    let has_setup = !setup.is_empty();
+    if has_setup {
+        // Only then the fork path: the closure owns everything it touches,
+        // prepared here in the parent.
+        // SAFETY: `apply_in_child` only makes async-signal-safe syscalls.
         unsafe {
-            command.pre_exec(move || {
-                libc::umask(mask as libc::mode_t);
-                Ok(())
-            });
+            command.pre_exec(move || identity::apply_in_child(&setup));
         }
     }
     match spawn_marked(&mut command, false) {
         // The Child handle is dropped without waiting: reaping is done for
         // every child at once by `reap`.
         Ok(child) => Ok(child.id()),
+        // EPERM (not EACCES, which is the exec's) can only come from the
+        // setup: name what was asked, errno alone would not say.
+        Err(e) if has_setup && e.raw_os_error() == Some(libc::EPERM) => {
+            let mut what: Vec<String> = req
+                .limits
+                .iter()
+                .map(|(r, _)| format!("rlimits.{}", r.name()))
+                .collect();
+            if let Some(c) = req.credentials {
+                what.push(format!("user {}", c.name));
+            }
+            Err(format!("spawn error: cannot set {}: {e}", what.join(", ")))
+        }
         Err(e) => Err(spawn_error(req.cmd, &e)),
+    }
+}
+
+/// What a child must apply before exec, as plain values.
+pub(crate) fn child_setup(
+    umask: Option<u32>,
+    credentials: Option<&identity::Credentials>,
+    limits: &[(identity::Resource, identity::Limit)],
+) -> identity::ChildSetup {
+    identity::ChildSetup {
+        umask,
+        limits: limits.to_vec(),
+        ids: credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
     }
 }
 

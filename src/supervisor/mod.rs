@@ -24,6 +24,7 @@ mod control;
 mod deps;
 mod handle;
 mod logs;
+mod memory;
 mod names;
 pub mod observer;
 mod probing;
@@ -147,6 +148,8 @@ pub struct Supervisor {
     any_deps: bool,
     /// Stops of an ordered `stop all`/shutdown waiting for dependents.
     stop_later: BTreeSet<Key>,
+    /// The next `max_memory` check; None while no service sets it.
+    memory_due: Option<Instant>,
 }
 
 fn unix_now() -> f64 {
@@ -211,11 +214,13 @@ impl Supervisor {
             shutdown: Vec::new(),
             any_deps: false,
             stop_later: BTreeSet::new(),
+            memory_due: None,
         };
         for (name, svc) in config.services {
             sup.add_service(name.into(), svc);
         }
         sup.note_deps();
+        sup.arm_memory();
         (
             sup,
             Handle {
@@ -331,6 +336,7 @@ impl Supervisor {
             .values()
             .flat_map(|i| [i.proc.deadline, i.health.due])
             .flatten()
+            .chain(self.memory_due)
             .min()
     }
 
@@ -384,6 +390,7 @@ impl Supervisor {
     fn on_deadlines(&mut self) {
         let tx = self.probes.0.clone();
         self.run_due_probes(&tx);
+        self.check_memory_if_due();
         let now = now();
         let due: Vec<Key> = self
             .instances

@@ -120,7 +120,9 @@ impl Supervisor {
             };
             let check = check.for_instance(&key.0, key.1);
             let spec = svc.config.spawn.for_instance(&key.0, key.1);
-            let mut env = spec.env.clone();
+            // The files under `env`, as the instance itself gets them.
+            let mut env = spec.file_env.clone();
+            env.extend(spec.env.clone());
             env.insert("TASKMASTER_SERVICE".into(), key.0.to_string());
             env.insert("TASKMASTER_INSTANCE".into(), key.1.to_string());
             let run = ProbeRun {
@@ -128,6 +130,7 @@ impl Supervisor {
                 timeout: check.timeout,
                 env,
                 workingdir: spec.workingdir,
+                credentials: spec.credentials,
             };
             let Some(inst) = self.instances.get_mut(&key) else {
                 continue;

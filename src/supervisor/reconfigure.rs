@@ -40,6 +40,7 @@ impl Supervisor {
             }
         }
         self.note_deps();
+        self.arm_memory();
         if self.any_deps || old_deps {
             // A dropped or changed dependency may no longer hold anyone.
             let names: Vec<Name> = self.services.keys().cloned().collect();

@@ -249,4 +249,31 @@ mod tests {
         );
         assert_eq!(plan.data.unchanged, vec!["a", "b"]);
     }
+
+    #[test]
+    fn section_12_classes() {
+        // SPEC §18: user, group, rlimits (and env_file content) respawn;
+        // max_memory is policy.
+        let old = cfg(json!({
+            "user": {"cmd": "sleep 1"},
+            "group": {"cmd": "sleep 1"},
+            "limits": {"cmd": "sleep 1", "rlimits": {"nofile": 100}},
+            "mem": {"cmd": "sleep 1", "max_memory": "1GB"},
+        }));
+        let new = cfg(json!({
+            "user": {"cmd": "sleep 1", "user": "root"},
+            "group": {"cmd": "sleep 1", "group": 4242},
+            "limits": {"cmd": "sleep 1", "rlimits": {"nofile": 200}},
+            "mem": {"cmd": "sleep 1", "max_memory": "2GB"},
+        }));
+        let plan = diff(&old, &new);
+        let respawn = Change::Changed { respawn: true };
+        for name in ["user", "group", "limits"] {
+            assert_eq!(plan.kind_of(name), Some(respawn), "{name}");
+        }
+        assert_eq!(
+            plan.kind_of("mem"),
+            Some(Change::Changed { respawn: false })
+        );
+    }
 }

@@ -3,6 +3,8 @@
 //! spawner under `tokio::time::pause()`, see `tests.rs`). [`Os`] is the
 //! real one: `process/` for processes, `output/` for their streams.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use nix::sys::signal::Signal;
 
 use crate::config::SpawnSpec;
@@ -25,6 +27,11 @@ pub trait Spawner: Send {
     /// True when that takes a moment: `pid` is then sent on the flushed
     /// channel once done, and the exit must wait for it.
     fn flush(&mut self, pid: u32) -> bool;
+    /// Resident bytes per process group (SPEC §12 `max_memory`); groups
+    /// without a readable process are absent. A fake has none.
+    fn group_rss(&mut self, _pgids: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// Real processes, their output through the daemon's writers.
@@ -52,6 +59,9 @@ impl Spawner for Os {
             env: &spec.env,
             workingdir: spec.workingdir.as_deref(),
             umask: spec.umask,
+            file_env: &spec.file_env,
+            credentials: spec.credentials.as_ref(),
+            limits: &spec.rlimits,
         };
         let pid = process::spawn(&program, service, index, capture.stdout, capture.stderr)?;
         self.output.attach(pid, capture.pipes);
@@ -71,5 +81,8 @@ impl Spawner for Os {
     }
     fn reap(&mut self) -> Vec<(u32, Exit)> {
         process::reap()
+    }
+    fn group_rss(&mut self, pgids: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
+        process::memory::group_rss(pgids)
     }
 }

@@ -12,5 +12,6 @@ mod logging;
 mod logs;
 mod lua;
 mod output;
+mod privileges;
 mod reload;
 mod server;

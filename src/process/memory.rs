@@ -1,0 +1,134 @@
+//! Resident memory of process groups, read from /proc (SPEC §12
+//! `max_memory`): the sum of RSS over every process whose process group is
+//! the instance's, so a `sh -c` wrapper's children count too.
+//!
+//! One scan of /proc serves every group asked about: the caller checks all
+//! its instances at once. The parsing is pure and table-tested; a process
+//! that exits mid-scan is simply skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The process group in a `/proc/PID/stat` line (field 5). The command name
+/// (field 2) is in parentheses and may hold spaces and parentheses itself,
+/// so the fields are counted from the last `)`.
+pub fn stat_pgrp(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // state, ppid, pgrp
+    rest.split_ascii_whitespace().nth(2)?.parse().ok()
+}
+
+/// The resident pages in a `/proc/PID/statm` line (field 2).
+pub fn statm_rss_pages(statm: &str) -> Option<u64> {
+    statm.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// RSS in bytes per group of `pgids` (groups with no readable process are absent).
+pub fn group_rss(pgids: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    if pgids.is_empty() {
+        return out;
+    }
+    // SAFETY: sysconf with a constant.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(pgrp) = stat_pgrp(&stat).filter(|g| pgids.contains(g)) else {
+            continue;
+        };
+        let Some(pages) = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|s| statm_rss_pages(&s))
+        else {
+            continue;
+        };
+        *out.entry(pgrp).or_insert(0) += pages * page;
+    }
+    out
+}
+
+/// `300.2 MiB`, `256 MiB`, `512 B`: binary units, one decimal unless exact.
+pub fn human(bytes: u64) -> String {
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut div = 1u64;
+    while unit + 1 < UNITS.len() && bytes >= div * 1024 {
+        div *= 1024;
+        unit += 1;
+    }
+    if bytes.is_multiple_of(div) {
+        format!("{} {}", bytes / div, UNITS[unit])
+    } else {
+        format!("{:.1} {}", bytes as f64 / div as f64, UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        let table: &[(&str, Option<u32>)] = &[
+            ("1234 (sleep) S 1 1234 1234 0 -1 4194560", Some(1234)),
+            ("77 (a b) R 5 70 70 0", Some(70)),
+            ("77 (x) (y)) S 5 71 70 0", Some(71)),
+            ("77 (sh", None),
+            ("77 (sh) S 5", None),
+            ("77 (sh) S 5 notanumber", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(stat_pgrp(line), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn statm_lines() {
+        let table: &[(&str, Option<u64>)] = &[
+            ("2000 512 100 1 0 300 0\n", Some(512)),
+            ("2000", None),
+            ("", None),
+            ("1 x", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(statm_rss_pages(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        let table: &[(u64, &str)] = &[
+            (0, "0 B"),
+            (512, "512 B"),
+            (1024, "1 KiB"),
+            (1536, "1.5 KiB"),
+            (256 * 1024 * 1024, "256 MiB"),
+            (314_782_515, "300.2 MiB"),
+            (3 << 30, "3 GiB"),
+        ];
+        for (n, want) in table {
+            assert_eq!(human(*n), *want, "{n}");
+        }
+    }
+
+    #[test]
+    fn own_group_has_memory() {
+        let me = nix::unistd::getpgrp().as_raw() as u32;
+        let rss = group_rss(&BTreeSet::from([me]));
+        assert!(rss.get(&me).is_some_and(|&b| b > 0), "{rss:?}");
+    }
+}
