@@ -1,12 +1,14 @@
-//! The WebSocket server (SPEC §7): accept loop, handshake checks, one task
-//! per client.
+//! The WebSocket server (SPEC §7, §13): accept loop, handshake checks, one
+//! task per client.
 //!
-//! Every byte from a socket is hostile. The handshake is bounded in time
-//! (half-open handshakes are dropped), refuses browser `Origin`s that are
-//! not loopback (cross-site WebSocket hijacking) with 403, and requires
-//! `Authorization: Bearer TOKEN` (the scheme in any case, the token compared
-//! in constant time) with 401 when a token is set. Frames and messages over 64 KiB are refused by tungstenite
-//! from the frame header, before the payload is buffered.
+//! Every byte from a socket is hostile. Connections come from any number of
+//! listeners (`listen.rs`: loopback TCP and Unix sockets) into one accept
+//! loop, and are served alike past `accept`. The handshake is bounded in
+//! time (half-open handshakes are dropped) and checked by `handshake.rs`: a
+//! `Host` that is not loopback (DNS rebinding) and a browser `Origin` that
+//! is not loopback (cross-site WebSocket hijacking) get 403, a missing or
+//! wrong token 401. Frames and messages over 64 KiB are refused by
+//! tungstenite from the frame header, before the payload is buffered.
 //!
 //! A client cannot stall the daemon or other clients: each request runs in
 //! its own task (a slow `start` does not hold up a `status` on the same
