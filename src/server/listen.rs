@@ -174,9 +174,10 @@ async fn bind_unix(path: &Path) -> Result<UnixSocket, String> {
                 }
             }
         }
-        Ok(_) => return Err(format!(
-            "cannot listen on unix:{shown}: the path exists and is not a socket (not removing it)"
-        )),
+        Ok(_) => {
+            let why = "the path exists and is not a socket (not removing it)";
+            return Err(format!("cannot listen on unix:{shown}: {why}"));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot listen on unix:{shown}: {e}")),
     }
