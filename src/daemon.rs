@@ -7,7 +7,7 @@
 //! so a slow config never holds up a SIGTERM). A supervisor that panics
 //! makes the daemon exit non-zero.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,9 @@ use crate::supervisor::Supervisor;
 pub struct Options {
     /// Config file.
     pub config: PathBuf,
-    /// Listen address.
-    pub listen: String,
-    /// Port.
+    /// Listen addresses: TCP hosts and `unix:PATH` sockets (SPEC §13).
+    pub listen: Vec<String>,
+    /// Port of the TCP listeners.
     pub port: u16,
     /// Token required from clients.
     pub token: Option<String>,
@@ -58,26 +58,68 @@ pub fn default_config_path() -> PathBuf {
     }
 }
 
+/// Reads `--token-file` (SPEC §13): its content without the trailing
+/// newline. A file that group or others can read (or write) is refused: the
+/// token is the key to every service, and a file others can read gives it
+/// away. An empty token would mean "no token", which the user did not ask
+/// for by pointing at a file.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read the token file {shown}: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the token file {shown} is accessible by group or others (mode {mode:04o}): chmod 600 {shown}"
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {shown}: {e}"))?;
+    let token = strip_newline(&text);
+    if token.is_empty() {
+        return Err(format!("the token file {shown} is empty"));
+    }
+    Ok(token.to_string())
+}
+
+/// A file's content without its one trailing newline (`\n` or `\r\n`), as
+/// `echo TOKEN > FILE` writes it.
+fn strip_newline(text: &str) -> &str {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    text.strip_suffix('\r').unwrap_or(text)
+}
+
 /// Loads the config, supervises until shutdown.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    let host = opts.listen.trim_start_matches('[').trim_end_matches(']');
-    if host != "localhost" && host.parse::<std::net::IpAddr>().is_err() {
-        return Err(DaemonError::Io(format!(
-            "invalid listen address {:?}: expected an IP address such as 127.0.0.1 or ::1",
-            opts.listen
-        )));
-    }
-    if opts.token.is_none() && !server::is_loopback(&opts.listen) {
-        return Err(DaemonError::Io(format!(
-            "refusing to listen on non-loopback address {} without a token (set --token or TASKMASTER_TOKEN)",
-            opts.listen
-        )));
+    let listen = opts
+        .listen
+        .iter()
+        .map(|l| server::Listen::parse(l))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DaemonError::Io)?;
+    let tcp: Vec<String> = listen
+        .iter()
+        .filter_map(|l| match l {
+            server::Listen::Tcp(host) => Some(host.clone()),
+            server::Listen::Unix(_) => None,
+        })
+        .collect();
+    if opts.token.is_none() {
+        if let Some(host) = tcp.iter().find(|h| !server::is_loopback(h)) {
+            return Err(DaemonError::Io(format!(
+                "refusing to listen on non-loopback address {host} without a token (set --token, --token-file or TASKMASTER_TOKEN)"
+            )));
+        }
     }
     let loaded = config::load(&opts.config)?;
-    // Bind before anything is spawned: a port in use must leave nothing behind.
-    let listener = server::bind(&opts.listen, opts.port)
-        .await
-        .map_err(DaemonError::Io)?;
+    // Bind before anything is spawned: a port in use or a live socket must
+    // leave nothing behind (listeners bound so far are dropped, their
+    // socket files removed).
+    let mut listeners = Vec::with_capacity(listen.len());
+    for l in &listen {
+        listeners.push(server::bind(l, opts.port).await.map_err(DaemonError::Io)?);
+    }
     let services = loaded.config.services.len();
     let instances: u32 = loaded.config.services.values().map(|s| s.numprocs).sum();
     crate::log!(
@@ -122,18 +164,24 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let ctx = server::Context {
         handle: handle.clone(),
         reloader: reloader.clone(),
-        token: opts.token.as_deref().map(Into::into),
+        access: server::Access {
+            token: opts.token.as_deref().map(Into::into),
+            hosts: tcp.clone(),
+        },
         shutdown: shutdown_tx,
         output: output.clone(),
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    crate::log!("listening on ws://{addr}/");
+    for l in &listeners {
+        crate::log!("listening on {}", l.describe());
+    }
+    if opts.token.is_none() && !tcp.is_empty() && nix::unistd::geteuid().is_root() {
+        crate::log!(
+            "warning: running as root and listening on TCP without a token: any local user can control this daemon (and so run commands as root); set --token-file, or listen on a unix: socket only"
+        );
+    }
     tasks.spawn(until_cancelled(
         cancel.clone(),
-        server::serve(listener, ctx),
+        server::serve(listeners, ctx),
     ));
     let signals = async {
         loop {

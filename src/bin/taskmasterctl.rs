@@ -12,12 +12,20 @@ use taskmaster::client::{self, command, Options};
 #[derive(Debug, Parser)]
 #[command(name = "taskmasterctl", version)]
 struct Cli {
-    /// WebSocket URL of the daemon.
+    /// WebSocket URL of the daemon, or unix:PATH for its Unix socket.
     #[arg(long, env = "TASKMASTER_URL", default_value = "ws://127.0.0.1:3333")]
     url: String,
     /// Token the daemon requires (sent as `Authorization: Bearer TOKEN`).
     #[arg(long, env = "TASKMASTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from this file (the trailing newline is not part of it).
+    #[arg(
+        long = "token-file",
+        env = "TASKMASTER_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
     /// Print replies and events as JSON, one object per line.
     #[arg(long)]
     json: bool,
@@ -43,9 +51,19 @@ fn main() -> ExitCode {
         words.retain(|w| w != "--json");
         words.extend(tail);
     }
+    let token = match &cli.token_file {
+        Some(path) => match client::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("taskmasterctl: {e}");
+                return ExitCode::from(client::Exit::Usage.code());
+            }
+        },
+        None => cli.token,
+    };
     let exit = client::run(Options {
         url: cli.url,
-        token: cli.token,
+        token,
         json: cli.json || late_json,
         command: words,
     });

@@ -18,10 +18,11 @@ struct Flags {
     /// [default: ./taskmaster.lua, else ./conf.json]
     #[arg(long, env = "CONFIG_PATH")]
     config: Option<PathBuf>,
-    /// Address to listen on
+    /// Address to listen on: an IP address, `localhost`, or `unix:PATH`
+    /// (a socket only this user can use); may be given several times
     #[arg(long, env = "TASKMASTER_LISTEN", default_value = "127.0.0.1")]
-    listen: String,
-    /// Port to listen on
+    listen: Vec<String>,
+    /// Port of the TCP listeners
     #[arg(long, env = "PORT", default_value_t = 3333)]
     port: u16,
     /// Also append the daemon log to this file
@@ -30,6 +31,15 @@ struct Flags {
     /// Require `Authorization: Bearer TOKEN` from clients
     #[arg(long, env = "TASKMASTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from this file (mode 0600; the trailing newline is
+    /// not part of it)
+    #[arg(
+        long = "token-file",
+        env = "TASKMASTER_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -47,11 +57,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    let token = match &flags.token_file {
+        Some(path) => match daemon::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("taskmasterd: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => flags.token.filter(|t| !t.is_empty()),
+    };
     let opts = Options {
         config: flags.config.unwrap_or_else(daemon::default_config_path),
         listen: flags.listen,
         port: flags.port,
-        token: flags.token.filter(|t| !t.is_empty()),
+        token,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

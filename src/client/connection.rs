@@ -8,6 +8,10 @@
 //! restart. Nothing here prints: failures come back as [`SessionError`], whose
 //! messages name the URL, the reason and what to do about it.
 //!
+//! `--url unix:PATH` speaks the same protocol over the daemon's Unix
+//! socket: the handshake is the one of `ws://localhost/` (the daemon's Host
+//! check accepts that name), sent over the socket instead of TCP.
+//!
 //! Nothing waits forever on a daemon that went silent or floods us with
 //! other frames (SPEC §17): the connect and handshake, and the reply to every
 //! request but `start`/`stop`/`restart`, must come within [`ANSWER_TIMEOUT`]
@@ -21,11 +25,12 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Map, Value};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{self, HeaderValue};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::{Reply, Request};
 
@@ -45,6 +50,13 @@ const WAITS_FOR_ACTION: &[&str] = &["start", "stop", "restart"];
 
 /// How long to wait for the daemon to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The session's byte stream: TCP or the daemon's Unix socket.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The URL the handshake of a `unix:PATH` session names.
+const UNIX_REQUEST_URL: &str = "ws://localhost/";
 
 /// Why a session could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +122,11 @@ pub enum SessionError {
 /// session, checked once up front.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The WebSocket URL, with `ws://` added when no scheme was given.
+    /// The WebSocket URL, with `ws://` added when no scheme was given; or
+    /// `unix:PATH` as given.
     url: String,
+    /// The daemon's Unix socket, for a `unix:PATH` URL.
+    socket: Option<std::path::PathBuf>,
     /// The bearer token, if any (an empty one counts as none).
     token: Option<String>,
 }
@@ -119,6 +134,22 @@ pub struct Target {
 impl Target {
     /// Checks the URL and token without touching the network.
     pub fn new(url: &str, token: Option<&str>) -> Result<Target, SessionError> {
+        let token = token.filter(|t| !t.is_empty()).map(str::to_string);
+        if let Some(path) = url.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(SessionError::BadUrl {
+                    url: url.to_string(),
+                    reason: "no socket path; use unix:PATH".into(),
+                });
+            }
+            let target = Target {
+                url: url.to_string(),
+                socket: Some(path.into()),
+                token,
+            };
+            target.handshake_request()?;
+            return Ok(target);
+        }
         let url = if url.contains("://") {
             url.to_string()
         } else {
@@ -126,7 +157,8 @@ impl Target {
         };
         let target = Target {
             url,
-            token: token.filter(|t| !t.is_empty()).map(str::to_string),
+            socket: None,
+            token,
         };
         let request = target.handshake_request()?;
         match request.uri().scheme_str() {
@@ -152,11 +184,11 @@ impl Target {
             url: self.url.clone(),
             reason,
         };
-        let mut request = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| bad(e.to_string()))?;
+        let url = match self.socket {
+            Some(_) => UNIX_REQUEST_URL,
+            None => self.url.as_str(),
+        };
+        let mut request = url.into_client_request().map_err(|e| bad(e.to_string()))?;
         if let Some(token) = &self.token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| bad("the token contains characters not allowed in a header".into()))?;
@@ -169,6 +201,9 @@ impl Target {
 
     /// The port the URL names, for the "start it with" hint.
     fn port(&self) -> Option<u16> {
+        if self.socket.is_some() {
+            return None;
+        }
         let uri: http::Uri = self.url.parse().ok()?;
         uri.port_u16()
     }
@@ -177,7 +212,9 @@ impl Target {
         let mut hint = String::from(
             "is taskmasterd running? start it with: taskmasterd --config taskmaster.lua",
         );
-        if let Some(port) = self.port().filter(|p| *p != DEFAULT_PORT) {
+        if let Some(path) = &self.socket {
+            hint.push_str(&format!(" --listen unix:{}", path.display()));
+        } else if let Some(port) = self.port().filter(|p| *p != DEFAULT_PORT) {
             hint.push_str(&format!(" --port {port}"));
         }
         hint
@@ -230,7 +267,9 @@ impl Target {
                                        TASKMASTER_TOKEN against the daemon's --token"
                         .to_string(),
                     (403, _) => {
-                        "the daemon only accepts clients from a loopback origin".to_string()
+                        "the daemon only accepts clients that name it by a loopback address and \
+                         come from a loopback origin (a token allows remote clients)"
+                            .to_string()
                     }
                     _ => format!("is {} really taskmasterd?", self.url),
                 };
@@ -243,6 +282,11 @@ impl Target {
             tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 unreachable("connection refused".into())
             }
+            tungstenite::Error::Io(io)
+                if self.socket.is_some() && io.kind() == std::io::ErrorKind::NotFound =>
+            {
+                unreachable("no such socket".into())
+            }
             tungstenite::Error::Url(reason) => SessionError::BadUrl {
                 url: self.url.clone(),
                 reason: reason.to_string(),
@@ -252,10 +296,33 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Connects the byte stream the handshake goes over.
+    async fn open(&self) -> std::io::Result<Box<dyn Io>> {
+        if let Some(path) = &self.socket {
+            return Ok(Box::new(UnixStream::connect(path).await?));
+        }
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = TcpStream::connect((host, port)).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Box::new(stream))
+    }
+}
+
 /// An open WebSocket session with the daemon.
 pub struct Session {
     /// The socket, past the handshake.
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Io>>,
     /// Where the daemon is, for messages.
     target: Target,
     /// Id of the next request; replies are matched on it.
@@ -273,16 +340,7 @@ impl Session {
     pub async fn connect(target: &Target) -> Result<Session, SessionError> {
         let request = target.handshake_request()?;
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        let uri = request.uri();
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect((host, port))).await
-        {
+        let stream = match tokio::time::timeout_at(deadline, target.open()).await {
             Err(_) => {
                 return Err(SessionError::Unreachable {
                     url: target.url.clone(),
@@ -293,12 +351,7 @@ impl Session {
             Ok(Err(error)) => return Err(target.handshake_error(tungstenite::Error::Io(error))),
             Ok(Ok(stream)) => stream,
         };
-        let _ = stream.set_nodelay(true);
-        let handshake = tokio_tungstenite::client_async_with_config(
-            request,
-            MaybeTlsStream::Plain(stream),
-            None,
-        );
+        let handshake = tokio_tungstenite::client_async_with_config(request, stream, None);
         match tokio::time::timeout_at(deadline, handshake).await {
             Err(_) => Err(target.timeout("complete the WebSocket handshake".into())),
             Ok(Err(error)) => Err(target.handshake_error(error)),
@@ -475,6 +528,23 @@ mod tests {
         let d = Target::new("ws://127.0.0.1:3333", Some("")).unwrap();
         assert!(d.token.is_none());
         assert!(d.start_hint().ends_with("taskmaster.lua"));
+    }
+
+    #[test]
+    fn unix_urls_name_the_socket_and_handshake_as_localhost() {
+        let t = Target::new("unix:/run/tm.sock", Some("tok")).unwrap();
+        assert_eq!(t.url(), "unix:/run/tm.sock");
+        let request = t.handshake_request().unwrap();
+        assert_eq!(request.uri().host(), Some("localhost"));
+        assert_eq!(
+            request.headers().get("authorization").unwrap(),
+            "Bearer tok"
+        );
+        assert!(t.start_hint().ends_with("--listen unix:/run/tm.sock"));
+        assert!(matches!(
+            Target::new("unix:", None),
+            Err(SessionError::BadUrl { .. })
+        ));
     }
 
     #[test]

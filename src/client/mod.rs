@@ -47,6 +47,21 @@ pub struct Options {
     pub command: Vec<String>,
 }
 
+/// Reads `--token-file` (SPEC §13): the file's content without its one
+/// trailing newline. Unlike the daemon, the client does not police the
+/// file's mode: the daemon's owner already decided who may hold the token.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {shown}: {e}"))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let token = text.strip_suffix('\r').unwrap_or(text);
+    if token.is_empty() {
+        return Err(format!("the token file {shown} is empty"));
+    }
+    Ok(token.to_string())
+}
+
 /// How `taskmasterctl` exits (SPEC §8, §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

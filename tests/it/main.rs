@@ -1,5 +1,6 @@
 //! One integration test binary (fast to link) with a module per area.
 
+mod access;
 mod cli;
 mod commands;
 mod common;

@@ -1,12 +1,14 @@
-//! The WebSocket server (SPEC §7): accept loop, handshake checks, one task
-//! per client.
+//! The WebSocket server (SPEC §7, §13): accept loop, handshake checks, one
+//! task per client.
 //!
-//! Every byte from a socket is hostile. The handshake is bounded in time
-//! (half-open handshakes are dropped), refuses browser `Origin`s that are
-//! not loopback (cross-site WebSocket hijacking) with 403, and requires
-//! `Authorization: Bearer TOKEN` (the scheme in any case, the token compared
-//! in constant time) with 401 when a token is set. Frames and messages over 64 KiB are refused by tungstenite
-//! from the frame header, before the payload is buffered.
+//! Every byte from a socket is hostile. Connections come from any number of
+//! listeners (`listen.rs`: loopback TCP and Unix sockets) into one accept
+//! loop, and are served alike past `accept`. The handshake is bounded in
+//! time (half-open handshakes are dropped) and checked by `handshake.rs`: a
+//! `Host` that is not loopback (DNS rebinding) and a browser `Origin` that
+//! is not loopback (cross-site WebSocket hijacking) get 403, a missing or
+//! wrong token 401. Frames and messages over 64 KiB are refused by
+//! tungstenite from the frame header, before the payload is buffered.
 //!
 //! A client cannot stall the daemon or other clients: each request runs in
 //! its own task (a slow `start` does not hold up a `status` on the same
@@ -41,8 +43,10 @@
 //! connection gets a moment to flush, then its socket is dropped, so a peer
 //! that stopped reading cannot keep it.
 
+mod handshake;
+mod listen;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -50,18 +54,20 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::server::{
-    ErrorResponse, Request as HttpRequest, Response,
-};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::handshake::server::{Request as HttpRequest, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use tokio_util::sync::CancellationToken;
+
+pub use handshake::{host_allowed, origin_allowed, Access};
+pub use listen::{bind, Listen, Listener, MAX_SOCKET_PATH};
+
+use handshake::refuse;
+use listen::Io;
 
 use crate::output::follow::{Follower, Poller};
 use crate::output::{tail, LogTarget, Stream};
@@ -127,8 +133,8 @@ pub struct Context {
     pub handle: Handle,
     /// Reload entry point.
     pub reloader: Reloader,
-    /// Required bearer token.
-    pub token: Option<Arc<str>>,
+    /// What handshakes are checked against (token, listen addresses).
+    pub access: Access,
     /// Asks the daemon to shut down.
     pub shutdown: mpsc::Sender<()>,
     /// The log writers (`clear` goes through them).
@@ -144,32 +150,23 @@ pub fn is_loopback(listen: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Binds the listening socket (before anything is spawned, so a port in
-/// use fails start-up cleanly).
-pub async fn bind(listen: &str, port: u16) -> Result<TcpListener, String> {
-    let host = listen.trim_start_matches('[').trim_end_matches(']');
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            format!("cannot listen on {addr}: the port is already in use (is another taskmasterd running? use --port)")
-        }
-        _ => format!("cannot listen on {addr}: {e}"),
-    })
-}
-
-/// Serves clients until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Context) {
+/// Serves clients from every listener until the task is dropped; they share
+/// one connection table, so the cap and eviction count them all.
+pub async fn serve(listeners: Vec<Listener>, ctx: Context) {
     let connections = Connections::new(MAX_CLIENTS);
     let poller = Poller::default();
+    if listeners.is_empty() {
+        return;
+    }
     loop {
         // Accept only a client that can be served: otherwise leave it in
-        // the backlog rather than take a socket just to hold it.
+        // the backlog rather than take a socket just to hold it. One loop
+        // for every listener, so a freed slot goes to whoever comes first.
         connections.room().await;
-        let (stream, peer) = match listener.accept().await {
+        // Both accepts are cancel-safe: the losers lose nothing.
+        let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+        let (accepted, _, _) = futures_util::future::select_all(accepts).await;
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
@@ -181,7 +178,14 @@ pub async fn serve(listener: TcpListener, ctx: Context) {
         let (slot, evicted) = connections.admit();
         let ctx = ctx.clone();
         let poller = poller.clone();
-        tokio::spawn(client(stream, peer, ctx, poller, Arc::new(slot), evicted));
+        tokio::spawn(client(
+            stream,
+            peer.into(),
+            ctx,
+            poller,
+            Arc::new(slot),
+            evicted,
+        ));
     }
 }
 
@@ -405,102 +409,25 @@ impl Drop for Following {
     }
 }
 
-/// Whether a browser `Origin` may drive the daemon (SPEC §9).
-pub fn origin_allowed(origin: Option<&str>) -> bool {
-    let Some(origin) = origin else { return true };
-    let rest = match origin.split_once("://") {
-        Some(("http" | "https", rest)) => rest,
-        _ => return false,
-    };
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((h, tail)) if tail.is_empty() || tail.starts_with(':') => {
-                return h == "::1" && port_ok(tail)
-            }
-            _ => return false,
-        }
-    } else {
-        rest
-    };
-    let (name, tail) = match host.split_once(':') {
-        Some((n, p)) => (n, format!(":{p}")),
-        None => (host, String::new()),
-    };
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "127.0.0.1" | "localhost"
-    ) && port_ok(&tail)
-}
+type Ws = WebSocketStream<Box<dyn Io>>;
 
-fn port_ok(tail: &str) -> bool {
-    tail.is_empty() || tail[1..].parse::<u16>().is_ok()
-}
-
-/// Compares two byte strings in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header value. The scheme is
-/// case-insensitive (RFC 9110 §11.1, SPEC §17), the token is not.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(text.to_string()));
-    *resp.status_mut() = status;
-    resp
-}
-
-fn check_handshake(
-    req: &HttpRequest,
-    token: Option<&str>,
-) -> Result<(), (StatusCode, &'static str)> {
-    let origin = req
-        .headers()
-        .get("origin")
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    if !origin_allowed(origin) {
-        return Err((StatusCode::FORBIDDEN, "cross-origin requests are refused\n"));
-    }
-    if let Some(token) = token {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n"));
-        }
-    }
-    Ok(())
-}
-
-type Ws = WebSocketStream<TcpStream>;
+/// Who a connection is, for log lines: a TCP peer address or the socket
+/// path and the peer's pid.
+type Peer = Arc<str>;
 
 // tungstenite's Callback trait fixes the large error type of the closure.
 #[allow(clippy::result_large_err)]
 async fn client(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Box<dyn Io>,
+    peer: Peer,
     ctx: Context,
     poller: Poller,
     slot: Arc<Slot>,
     mut evicted: oneshot::Receiver<()>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let token = ctx.token.clone();
+    let access = ctx.access.clone();
     let callback = move |req: &HttpRequest, resp: Response| {
-        check_handshake(req, token.as_deref())
+        handshake::check(req, &access)
             .map(|()| resp)
             .map_err(|(status, text)| refuse(status, text))
     };
@@ -537,7 +464,7 @@ async fn client(
     let conn = Conn {
         out,
         slot,
-        peer,
+        peer: peer.clone(),
         poller,
         follows: Arc::default(),
         serial: Arc::default(),
@@ -595,7 +522,7 @@ struct Conn {
     /// Its place in the connection table.
     slot: Arc<Slot>,
     /// Who it is, for log lines.
-    peer: SocketAddr,
+    peer: Peer,
     /// The thread that reads every followed file.
     poller: Poller,
     /// Follows running on it, by the id of the request that started each
@@ -723,7 +650,7 @@ async fn read_requests(
     ctx: &Context,
     forwarder: &mut Option<tokio::task::JoinHandle<()>>,
 ) {
-    let (out, slot, peer) = (&conn.out, &conn.slot, conn.peer);
+    let (out, slot, peer) = (&conn.out, &conn.slot, &conn.peer);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(frame) = source.next().await {
         slot.touch();
@@ -807,7 +734,7 @@ async fn read_requests(
                 *forwarder = Some(tokio::spawn(forward_events(
                     events,
                     out.clone(),
-                    peer,
+                    peer.clone(),
                     conn.kill.clone(),
                 )));
             }
@@ -872,7 +799,7 @@ fn command_line(request: &Request) -> String {
 async fn forward_events(
     mut events: broadcast::Receiver<crate::protocol::Event>,
     out: mpsc::Sender<Message>,
-    peer: SocketAddr,
+    peer: Peer,
     kill: CancellationToken,
 ) {
     let why = loop {
@@ -1505,54 +1432,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn origins() {
-        let allowed = [
-            None,
-            Some("http://127.0.0.1"),
-            Some("http://127.0.0.1:3333"),
-            Some("https://localhost:8080"),
-            Some("http://LOCALHOST"),
-            Some("http://[::1]:3333"),
-            Some("http://[::1]"),
-        ];
-        for o in allowed {
-            assert!(origin_allowed(o), "{o:?}");
-        }
-        let refused = [
-            "http://evil.com",
-            "http://127.0.0.1.evil.com",
-            "http://localhost.evil.com:80",
-            "null",
-            "file://",
-            "ws://127.0.0.1",
-            "http://[::2]",
-            "http://127.0.0.1:notaport",
-            "http://user@127.0.0.1",
-            "",
-        ];
-        for o in refused {
-            assert!(!origin_allowed(Some(o)), "{o}");
-        }
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_the_token_is_not() {
-        for value in [
-            "Bearer tok",
-            "bearer tok",
-            "BEARER tok",
-            "Bearer   tok ",
-            "bearer\ttok",
-        ] {
-            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
-        }
-        assert_eq!(bearer_token("bearer TOK"), Some("TOK"));
-        for value in ["Bearertok", "Basic tok", "bearer", "", "tok"] {
-            assert_ne!(bearer_token(value), Some("tok"), "{value:?}");
-        }
-    }
-
-    #[test]
     fn only_commands_that_change_something_are_logged_without_a_trailing_space() {
         let request = |cmd: &str, args: &[&str]| {
             let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -1814,15 +1693,6 @@ mod tests {
         assert!(waiting.await.is_ok(), "an idle connection makes room");
         drop(b);
         assert_eq!(connections.table().entries.len(), 1);
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]
