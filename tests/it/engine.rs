@@ -375,7 +375,10 @@ fn no_zombies_after_many_exits() {
     let mut d = Daemon::start(
         "zombies",
         &one(
-            "setsid sh -c 'sleep 0.2; touch done.$TASKMASTER_INSTANCE' & exit 0",
+            // The leader exits only once the grandchild has left its group
+            // (else the drain of a dead leader's group would kill it first).
+            "setsid sh -c 'touch up.$TASKMASTER_INSTANCE; sleep 0.2; touch done.$TASKMASTER_INSTANCE' & \
+             while [ ! -e up.$TASKMASTER_INSTANCE ]; do sleep 0.01; done; exit 0",
             "numprocs = 5, starttime = 0, autorestart = 'never'",
         ),
     );
