@@ -10,9 +10,11 @@
 //! One module per workload group; `harness` holds what they share. The
 //! same executable is also the child of the output and tail workloads
 //! (`bench --emit BYTES`, `bench --tick MS`), so the daemon, the physical
-//! limit and supervisord all run the very same writer.
+//! limit and supervisord all run the very same writer; and of the health
+//! workload (`bench --serve PORT`, a tiny HTTP server).
 
 mod harness;
+mod health;
 mod lifecycle;
 mod output;
 mod supervisord;
@@ -49,6 +51,10 @@ fn main() {
     match args.peek().map(String::as_str) {
         Some("--emit") => output::emit(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)),
         Some("--tick") => tail::tick(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(100)),
+        Some("--serve") => match args.nth(1).and_then(|p| p.parse().ok()) {
+            Some(port) => health::serve(port),
+            None => std::process::exit(2),
+        },
         _ => {}
     }
     while let Some(a) = args.next() {
@@ -63,7 +69,7 @@ fn main() {
             "--supervisord" => opts.supervisord = args.next().map(PathBuf::from),
             "--instances" => opts.n = args.next().and_then(|n| n.parse().ok()).unwrap_or(opts.n),
             "-h" | "--help" => {
-                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,...] [--supervisord PATH] [--instances N (200)]");
+                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,HEALTH,...] [--supervisord PATH] [--instances N (200)]");
                 return;
             }
             other => {
@@ -105,6 +111,7 @@ fn main() {
     run!(["W7"], w7_reload(&bin, &opts));
     run!(["W8"], w3_crash_loop(&bin, &opts, true));
     run!(["TAIL"], tail_latency(&bin, &opts));
+    run!(["HEALTH"], health::health(&bin, &opts));
     report(&rows, &opts);
     let left = harness::leftovers();
     if !left.is_empty() {
