@@ -89,6 +89,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const MAX_IN_FLIGHT: usize = 16;
 /// Frames queued for one connection's writer.
 const OUTBOX: usize = 64;
+
+/// How long a subscriber's full queue is waited for before it is dropped.
+const SLOW_SUBSCRIBER: Duration = Duration::from_secs(2);
 /// Bytes tungstenite may hold for a connection whose socket is full. A
 /// single frame larger than this cannot be sent at all, so it bounds the
 /// largest reply: a `tail` of [`MAX_LOG_TEXT`] JSON-escapes to at most six
@@ -806,14 +809,19 @@ async fn forward_events(
         match events.recv().await {
             Ok(ev) => {
                 let text = serde_json::to_string(&ev).unwrap_or_default();
-                // A subscriber whose queue is full is not reading: drop it
-                // rather than let it hold events (or the daemon) back.
-                match out.try_send(Message::text(text)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        break "its queue is full".to_string()
+                // A burst (200 instances starting) may fill the queue of a
+                // subscriber that does read: the broadcast backlog holds the
+                // rest meanwhile. One whose queue stays full is not reading:
+                // drop it rather than let it hold events back.
+                match tokio::time::timeout(SLOW_SUBSCRIBER, out.send(Message::text(text))).await {
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        break format!(
+                            "its queue stayed full for {} s",
+                            SLOW_SUBSCRIBER.as_secs()
+                        )
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Ok(Err(_)) => return,
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => break format!("it missed {n} events"),
