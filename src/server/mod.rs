@@ -816,10 +816,7 @@ async fn forward_events(
                 match tokio::time::timeout(SLOW_SUBSCRIBER, out.send(Message::text(text))).await {
                     Ok(Ok(())) => {}
                     Err(_) => {
-                        break format!(
-                            "its queue stayed full for {} s",
-                            SLOW_SUBSCRIBER.as_secs()
-                        )
+                        break format!("its queue stayed full for {} s", SLOW_SUBSCRIBER.as_secs())
                     }
                     Ok(Err(_)) => return,
                 }
