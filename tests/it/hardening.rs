@@ -267,7 +267,12 @@ fn children_do_not_inherit_the_daemon_settings() {
     let dir = temp_dir("env");
     fs::write(
         dir.join("taskmaster.lua"),
-        r#"return { services = {
+        r#"local tm = require("taskmaster")
+os.execute("env > os_execute.env")
+tm.on("EXITED", function(ev)
+  if ev.service == "plain" then tm.exec("env > tm_exec.env") end
+end)
+return { services = {
   plain = { cmd = [[sh -c 'env > plain.env']], autorestart = "never", starttime = 0 },
   own = { cmd = [[sh -c 'env > own.env']], autorestart = "never", starttime = 0,
           env = { PORT = "8080" } },
@@ -289,18 +294,26 @@ fn children_do_not_inherit_the_daemon_settings() {
         .unwrap();
     let plain = wait_file(&dir.join("plain.env"), secs(10), |t| t.contains("KEEP_ME"));
     let own = wait_file(&dir.join("own.env"), secs(10), |t| t.contains("KEEP_ME"));
+    let exec = wait_file(&dir.join("tm_exec.env"), secs(10), |t| {
+        t.contains("KEEP_ME")
+    });
+    let os_execute = wait_file(&dir.join("os_execute.env"), secs(10), |t| {
+        t.contains("KEEP_ME")
+    });
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_child(&mut child, secs(10));
-    for var in [
-        "PORT=",
-        "TASKMASTER_TOKEN=",
-        "TASKMASTER_LOG=",
-        "CONFIG_PATH=",
-    ] {
-        assert!(
-            !plain.lines().any(|l| l.starts_with(var)),
-            "{var} leaked: {plain}"
-        );
+    for text in [&plain, &exec, &os_execute] {
+        for var in [
+            "PORT=",
+            "TASKMASTER_TOKEN=",
+            "TASKMASTER_LOG=",
+            "CONFIG_PATH=",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(var)),
+                "{var} leaked: {text}"
+            );
+        }
     }
     assert!(own.lines().any(|l| l == "PORT=8080"), "{own}");
     assert!(plain.contains("TASKMASTER_SERVICE=plain"), "{plain}");
