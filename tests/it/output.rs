@@ -278,7 +278,7 @@ fn children_get_the_original_nofile_soft_limit_back() {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -Sn 512 && exec {} --config taskmaster.lua --port {port}",
+            "ulimit -Sn 512 && exec {} --config taskmaster.lua --port {port} --log-file daemon.log",
             daemon_bin()
         ))
         .current_dir(&dir)
@@ -287,6 +287,11 @@ fn children_get_the_original_nofile_soft_limit_back() {
         .spawn()
         .unwrap();
     let soft = wait_file(&dir.join("soft.txt"), secs(10), |t| t.ends_with('\n'));
+    // The daemon lowers its soft limit for the moment of a spawn: read its
+    // own once the child's exit has been handled, well after the spawn.
+    wait_file(&dir.join("daemon.log"), secs(10), |t| {
+        t.contains("exited: n:0")
+    });
     let limits = fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_child(&mut child, secs(10));
