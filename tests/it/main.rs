@@ -16,3 +16,4 @@ mod output;
 mod privileges;
 mod reload;
 mod server;
+mod web;
