@@ -19,18 +19,27 @@
 //! SPEC §12: `privileges.rs` (`user`, `group`, `rlimits`, `env_file`,
 //! resolved at load) with `env_file.rs` (the dotenv grammar); `max_memory`
 //! is read here with the size grammar of `output.rs`.
+//! SPEC §15: `ini/` (`load_ini`: a supervisord config read into the tree a
+//! Lua config would return) and `procfile.rs` (`load_procfile`), both
+//! offered to Lua by `lua/`; a config evaluated for `--export` is validated
+//! with [`HostChecks::Warn`], so what only fails on this host warns.
 
 mod deps;
 mod env_file;
 mod fields;
 mod healthcheck;
+pub mod ini;
 pub mod json;
 pub mod lua;
 mod output;
 pub mod placeholders;
 mod privileges;
+pub mod procfile;
 
-pub use fields::{did_you_mean, parse_signal};
+/// How a `cmd` is run (exec'd, or through `/bin/sh -c`): what an export
+/// writes must start the program the same way.
+pub use crate::process::argv::{launch, Launch};
+pub use fields::{did_you_mean, parse_signal, HostChecks};
 pub use healthcheck::{http_target, tcp_target, HttpTarget};
 
 use std::collections::BTreeMap;
@@ -86,6 +95,9 @@ pub struct SpawnSpec {
     pub timestamps: bool,
     /// Who the processes run as (resolved at load), or the daemon's user.
     pub credentials: Option<Credentials>,
+    /// `user` and `group` as the config names them: what an export writes
+    /// (they may not resolve on this host).
+    pub run_as: RunAs,
     /// Resource limits set (soft and hard) before exec, by resource.
     pub rlimits: Vec<(Resource, Limit)>,
     /// The `env_file`s (absolute), in order: watched for reload.
@@ -93,6 +105,15 @@ pub struct SpawnSpec {
     /// Their variables, later files over earlier (`env` wins over these).
     /// Not templates: a brace in a file is a brace.
     pub file_env: BTreeMap<String, String>,
+}
+
+/// The `user` and `group` options as written (a name, or an id as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunAs {
+    /// `user`, if set.
+    pub user: Option<String>,
+    /// `group`, if set.
+    pub group: Option<String>,
 }
 
 /// Size-based rotation of one log file (SPEC §10).
@@ -273,22 +294,31 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
     /// The Lua state that evaluated it, with its registered hooks (None for JSON).
     pub hooks: Option<lua::HookState>,
+    /// Host problems let through as warnings ([`HostChecks::Warn`] only),
+    /// each with its field path.
+    pub warnings: Vec<String>,
 }
 
 /// Loads a config file: `.json` as JSON, anything else as Lua.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_for(path, HostChecks::Enforce)
+}
+
+/// [`load`], with the host-dependent checks treated as `host` says.
+pub fn load_for(path: &Path, host: HostChecks) -> Result<Loaded, ConfigError> {
     if path.extension().is_some_and(|e| e == "json") {
         let value = json::read(path)?;
-        let config = validate(&value, base_dir(path))?;
+        let (config, warnings) = validate_for(&value, base_dir(path), host)?;
         let mut files = vec![path.to_path_buf()];
         files.extend(config.env_files());
         Ok(Loaded {
             config,
             files,
             hooks: None,
+            warnings,
         })
     } else {
-        lua::load(path)
+        lua::load_for(path, host)
     }
 }
 
@@ -340,7 +370,17 @@ const SERVICE_KEYS: &[&str] = &[
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
 pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
-    let mut p = Problems::default();
+    validate_for(value, base, HostChecks::Enforce).map(|(config, _)| config)
+}
+
+/// [`validate`], with the host-dependent checks treated as `host` says;
+/// the warnings come with the config.
+pub fn validate_for(
+    value: &Value,
+    base: &Path,
+    host: HostChecks,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut p = Problems::new(host);
     let mut config = Config::default();
     let Some(top) = value.as_object() else {
         return Err(ConfigError::Invalid(vec![format!(
@@ -380,10 +420,11 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
             format!("expected a table of services, got {}", kind(other)),
         ),
     }
-    if p.count() == 0 {
-        Ok(config)
+    let (errors, warnings) = p.into_parts();
+    if errors.is_empty() {
+        Ok((config, warnings))
     } else {
-        Err(ConfigError::Invalid(p.into_vec()))
+        Err(ConfigError::Invalid(errors))
     }
 }
 
@@ -427,6 +468,7 @@ fn service(
         redirect_stderr: false,
         timestamps: false,
         credentials: None,
+        run_as: RunAs::default(),
         rlimits: Vec::new(),
         env_files: Vec::new(),
         file_env: BTreeMap::new(),
