@@ -278,45 +278,67 @@ fn escaping_table() {
     assert_eq!(timespan(Duration::from_micros(1500)), "2ms");
 }
 
-/// What systemd makes of `ExecStart=/bin/sh -c '…'` for instance `index`:
-/// specifiers (`%%`, `%i`) first, then the quote with its C escapes, then
-/// `$$` (systemd.service(5), "Command lines").
+/// What systemd makes of an `ExecStart=` line for instance `index`:
+/// specifiers (`%%`, `%i`) first, then the split into words with quotes
+/// and C escapes (inside quotes too), then `$$` (systemd.service(5),
+/// "Command lines"; systemd.syntax(7), "Quoting"). Our lines must come out
+/// as exactly `/bin/sh`, `-c` and the script, which is returned.
 fn systemd_argument(line: &str, index: u32) -> String {
-    let arg = line
-        .strip_prefix("ExecStart=/bin/sh -c '")
-        .and_then(|a| a.strip_suffix('\''))
-        .unwrap_or_else(|| panic!("not an ExecStart of ours: {line}"));
+    let value = line
+        .strip_prefix("ExecStart=")
+        .unwrap_or_else(|| panic!("not an ExecStart: {line}"));
     let mut specified = String::new();
-    let mut chars = arg.chars();
+    let mut chars = value.chars();
     while let Some(c) = chars.next() {
-        match (c, c == '%') {
-            (_, true) => match chars.next() {
-                Some('%') => specified.push('%'),
-                Some('i') => specified.push_str(&index.to_string()),
-                other => panic!("unexpected specifier %{other:?}"),
-            },
-            (c, false) => specified.push(c),
-        }
-    }
-    let mut unescaped = String::new();
-    let mut chars = specified.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            unescaped.push(c);
+        if c != '%' {
+            specified.push(c);
             continue;
         }
         match chars.next() {
-            Some('n') => unescaped.push('\n'),
-            Some('t') => unescaped.push('\t'),
-            Some('x') => {
-                let hex: String = chars.by_ref().take(2).collect();
-                unescaped.push(u8::from_str_radix(&hex, 16).unwrap() as char);
-            }
-            Some(other) => unescaped.push(other),
-            None => panic!("dangling backslash"),
+            Some('%') => specified.push('%'),
+            Some('i') => specified.push_str(&index.to_string()),
+            other => panic!("unexpected specifier %{other:?} in {line}"),
         }
     }
-    unescaped.replace("$$", "$")
+    let mut words: Vec<String> = Vec::new();
+    let mut chars = specified.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (_, '\\') => match chars.next() {
+                    Some('n') => word.push('\n'),
+                    Some('t') => word.push('\t'),
+                    Some('x') => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        word.push(u8::from_str_radix(&hex, 16).unwrap() as char);
+                    }
+                    Some(e @ ('\\' | '\'' | '"' | ' ')) => word.push(e),
+                    other => panic!("escape \\{other:?} systemd would not take in {line}"),
+                },
+                (None, ' ') => break,
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (_, c) => word.push(c),
+            }
+        }
+        assert_eq!(quote, None, "unbalanced quoting in {line}");
+        words.push(word.replace("$$", "$"));
+    }
+    assert_eq!(words.len(), 3, "{words:?} from {line}");
+    assert_eq!(
+        (words[0].as_str(), words[1].as_str()),
+        ("/bin/sh", "-c"),
+        "{line}"
+    );
+    words.pop().unwrap_or_default()
 }
 
 #[test]
