@@ -8,7 +8,8 @@
 //! error with its field path (`services.web.numprocs: ...`). No mlua type
 //! leaks out of this module tree.
 //!
-//! This file holds the types and the list of options with their defaults;
+//! This file holds the types and the list of options with their defaults
+//! (`load.rs` reads a file with the front-end its name calls for);
 //! `fields.rs` holds the helpers that read one value each and word the
 //! errors, so every option of the same type fails with the same sentence;
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
@@ -30,6 +31,7 @@ mod fields;
 mod healthcheck;
 pub mod ini;
 pub mod json;
+mod load;
 pub mod lua;
 mod output;
 pub mod placeholders;
@@ -41,6 +43,7 @@ pub mod procfile;
 pub use crate::process::argv::{launch, Launch};
 pub use fields::{did_you_mean, parse_signal, HostChecks};
 pub use healthcheck::{http_target, tcp_target, HttpTarget};
+pub use load::{base_dir, load, load_for, ConfigError, Loaded};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -253,96 +256,6 @@ pub struct Service {
 pub struct Config {
     /// Services by name.
     pub services: BTreeMap<String, Service>,
-}
-
-/// Everything that can go wrong loading a config.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// JSON syntax error, with line and column.
-    #[error("{path}: line {line}, column {column}: {message}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What serde_json said.
-        message: String,
-    },
-    /// A Lua error, already carrying `file:line:`.
-    #[error("{0}")]
-    Lua(String),
-    /// Schema errors, one per offending field, each with its path.
-    #[error("{}", .0.join("\n"))]
-    Invalid(Vec<String>),
-}
-
-/// A loaded config plus what the watcher and the hooks need from its evaluation.
-pub struct Loaded {
-    /// The validated config.
-    pub config: Config,
-    /// Every file the config read (itself, `load_json`, `require`, `dofile`).
-    pub files: Vec<PathBuf>,
-    /// The Lua state that evaluated it, with its registered hooks (None for JSON).
-    pub hooks: Option<lua::HookState>,
-    /// Host problems let through as warnings ([`HostChecks::Warn`] only),
-    /// each with its field path.
-    pub warnings: Vec<String>,
-}
-
-/// Loads a config file: `.json` as JSON, anything else as Lua.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    load_for(path, HostChecks::Enforce)
-}
-
-/// [`load`], with the host-dependent checks treated as `host` says.
-pub fn load_for(path: &Path, host: HostChecks) -> Result<Loaded, ConfigError> {
-    if path.extension().is_some_and(|e| e == "json") {
-        let value = json::read(path)?;
-        let (config, warnings) = validate_for(&value, base_dir(path), host)?;
-        let mut files = vec![path.to_path_buf()];
-        files.extend(config.env_files());
-        Ok(Loaded {
-            config,
-            files,
-            hooks: None,
-            warnings,
-        })
-    } else {
-        lua::load_for(path, host)
-    }
-}
-
-impl Config {
-    /// Every service's `env_file`s: the watcher follows them like the
-    /// files the config itself read.
-    pub fn env_files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = self
-            .services
-            .values()
-            .flat_map(|s| s.spawn.env_files.iter().cloned())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-}
-
-/// The folder relative paths in a config resolve against.
-pub fn base_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 const TOP_KEYS: &[&str] = &["services"];

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::expand::{expand, Mode, Names};
 use super::include::matches;
 use super::syntax::parse;
+use super::values::environment;
 use super::*;
 
 fn dir(tag: &str) -> PathBuf {
