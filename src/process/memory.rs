@@ -62,6 +62,10 @@ pub fn group_usage(pgids: &BTreeSet<u32>) -> BTreeMap<u32, Usage> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
+    // One buffer and one path for every process: open, one read, close
+    // (`read_to_string` would also stat the file and grow a new String).
+    let mut buf = [0u8; 2048];
+    let mut path = String::with_capacity(32);
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -70,7 +74,11 @@ pub fn group_usage(pgids: &BTreeSet<u32>) -> BTreeMap<u32, Usage> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(pid);
+        path.push_str("/stat");
+        let Some(stat) = read_small(&path, &mut buf) else {
             continue;
         };
         let Some((pgrp, ticks, pages)) = stat_usage(&stat).filter(|u| pgids.contains(&u.0)) else {
@@ -81,6 +89,15 @@ pub fn group_usage(pgids: &BTreeSet<u32>) -> BTreeMap<u32, Usage> {
         u.rss_bytes += pages * page;
     }
     out
+}
+
+/// Reads a /proc file of at most `buf`'s size in one read (the kernel
+/// renders a `stat` file whole on the first read).
+fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let n = file.read(buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// `300.2 MiB`, `256 MiB`, `512 B`: binary units, one decimal unless exact.
