@@ -167,9 +167,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         access: server::Access {
             token: opts.token.as_deref().map(Into::into),
             hosts: tcp.clone(),
+            sessions: Default::default(),
         },
         shutdown: shutdown_tx,
         output: output.clone(),
+        dashboard: listeners.iter().find_map(server::Listener::dashboard_url),
+        cpu: Default::default(),
     };
     for l in &listeners {
         crate::log!("listening on {}", l.describe());

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod hooks;
+pub mod http;
 pub mod log;
 pub mod output;
 pub mod process;

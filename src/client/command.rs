@@ -67,6 +67,8 @@ pub enum Command {
     Version,
     /// `events`: follow the event stream.
     Events,
+    /// `dashboard`: print the web dashboard's URL.
+    Dashboard,
     /// `help [COMMAND]`, answered locally.
     Help(Option<String>),
     /// `quit`: leave the REPL.
@@ -201,6 +203,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         details: "Prints the version of the running taskmasterd.",
     },
     CommandSpec {
+        name: "dashboard",
+        usage: "dashboard",
+        summary: "print the URL of the web dashboard",
+        details: "Prints the URL of the dashboard page, which the daemon serves on its \
+                  first TCP listener (and /metrics beside it). Fails with \"no TCP \
+                  listener\" when the daemon listens on Unix sockets only.",
+    },
+    CommandSpec {
         name: "events",
         usage: "events",
         summary: "follow state changes and reloads as they happen",
@@ -280,6 +290,7 @@ impl Command {
             "reload" => no_args(Command::Reload),
             "shutdown" | "exit" => no_args(Command::Shutdown),
             "version" => no_args(Command::Version),
+            "dashboard" => no_args(Command::Dashboard),
             "events" => no_args(Command::Events),
             "quit" => no_args(Command::Quit),
             _ => match args.as_slice() {
@@ -359,7 +370,7 @@ impl Command {
             }
             Command::Reload => plain("reload", &[]),
             Command::Shutdown => plain("shutdown", &[]),
-            Command::Version => plain("version", &[]),
+            Command::Version | Command::Dashboard => plain("version", &[]),
             Command::Events | Command::Help(_) | Command::Quit => None,
         }
     }

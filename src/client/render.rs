@@ -74,6 +74,9 @@ pub fn reply(command: &Command, reply: &Reply, json: bool) -> Rendered {
     }
     let null = Value::Null;
     let data = reply.data.as_ref().unwrap_or(&null);
+    if *command == Command::Dashboard {
+        return dashboard(data, json);
+    }
     if json {
         let exit = match command {
             Command::Status(_) => status_exit_lenient(data),
@@ -123,9 +126,24 @@ pub fn reply(command: &Command, reply: &Reply, json: bool) -> Rendered {
             None => Rendered::error("unexpected reply from taskmasterd: no version"),
         },
         Command::Shutdown => Rendered::out("taskmasterd is shutting down\n".into(), Exit::Ok),
-        Command::Events | Command::Help(_) | Command::Quit => {
+        Command::Events | Command::Help(_) | Command::Quit | Command::Dashboard => {
             Rendered::out(String::new(), Exit::Ok)
         }
+    }
+}
+
+/// `dashboard`: the URL from the `version` reply (`{"url": ...}` with
+/// `--json`); an error when the daemon has no TCP listener.
+fn dashboard(data: &Value, json: bool) -> Rendered {
+    match data.get("dashboard").and_then(Value::as_str) {
+        Some(url) if json => {
+            Rendered::out(format!("{}\n", serde_json::json!({ "url": url })), Exit::Ok)
+        }
+        Some(url) => Rendered::out(format!("{url}\n"), Exit::Ok),
+        None => Rendered::error(
+            "no TCP listener: the dashboard is served on TCP listeners only \
+             (start taskmasterd with --listen 127.0.0.1)",
+        ),
     }
 }
 

@@ -74,8 +74,14 @@ pub(super) async fn simple(ctx: &Context, req: Request) -> Reply {
             let _ = ctx.shutdown.try_send(());
             Reply::ok(id, json!({}))
         }
-        "version" => no_args("version")
-            .unwrap_or_else(|| Reply::ok(id, json!({ "version": env!("CARGO_PKG_VERSION") }))),
+        "version" => no_args("version").unwrap_or_else(|| {
+            // `dashboard`: the page's URL on the first TCP listener (SPEC
+            // §14 `taskmasterctl dashboard`), null with only Unix sockets.
+            Reply::ok(
+                id,
+                json!({ "version": env!("CARGO_PKG_VERSION"), "dashboard": ctx.dashboard }),
+            )
+        }),
         "clear" => clear(ctx, id, req.args).await,
         "signal" => signal(ctx, id, req.args).await,
         "unfollow" => Reply::err(

@@ -5,15 +5,21 @@
 //! a configured listen address: a DNS-rebinding page reaches us under its
 //! own name, never under one of those), then the browser `Origin` (403
 //! unless loopback: cross-site WebSocket hijacking), then the bearer token
-//! (401). With a token set the Host check is off: remote clients on a
+//! (401) or a dashboard session (SPEC §14, §18): a live session cookie
+//! stands in for the token, but on a WebSocket handshake only when the
+//! Origin is exactly `http://` + the request's Host, the page we served
+//! (403 otherwise); a cookie that is no live session is no credential. With
+//! a token set, that same-origin Origin is accepted too (the page served
+//! from a non-loopback `--listen`). Plain HTTP requests get the Host and
+//! Origin checks alike; what they need beyond is up to `web.rs`. With a token set the Host check is off: remote clients on a
 //! non-loopback `--listen` name us however they reach us, and the token is
 //! what keeps strangers out. The same checks run on every listener, the
 //! Unix socket included.
 
 use std::net::IpAddr;
 
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HttpRequest};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use crate::http::sessions::Sessions;
+use crate::http::Head;
 
 /// Whether a browser `Origin` may drive the daemon (SPEC §9).
 pub fn origin_allowed(origin: Option<&str>) -> bool {
@@ -64,13 +70,7 @@ pub(super) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub(super) fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(text.to_string()));
-    *resp.status_mut() = status;
-    resp
-}
-
-/// What a handshake is checked against: the same for every listener.
+/// What a handshake or request is checked against: the same for every listener.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     /// Required bearer token.
@@ -78,6 +78,8 @@ pub struct Access {
     /// The configured TCP listen addresses, accepted as `Host` names
     /// besides the loopback ones.
     pub hosts: Vec<String>,
+    /// Dashboard sessions (SPEC §14), which stand in for the token.
+    pub sessions: Sessions,
 }
 
 /// Whether a `Host` header value names us safely: a loopback name or
@@ -109,30 +111,80 @@ pub fn host_allowed(host: Option<&str>, listen: &[String]) -> bool {
         })
 }
 
-/// Runs the checks in their order: Host, Origin, token.
-pub(super) fn check(req: &HttpRequest, access: &Access) -> Result<(), (StatusCode, &'static str)> {
-    // A header that is not text counts as a value no check accepts.
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("\u{0}"))
-    };
-    if access.token.is_none() && !host_allowed(header("host"), &access.hosts) {
+/// A refusal: the status and the text that says why.
+pub(super) type Refusal = (u16, &'static str);
+
+/// What a request shows in place of nothing (SPEC §14, §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Credentials {
+    /// The right bearer token.
+    Bearer,
+    /// A live session cookie.
+    Session,
+    /// Neither (a dead session counts as nothing).
+    Nothing,
+}
+
+/// Whether the Origin is exactly `http://` + the request's own Host: the
+/// dashboard served by this very listener.
+fn same_origin(head: &Head) -> bool {
+    match (head.header("origin"), head.header("host")) {
+        (Some(origin), Some(host)) => origin.strip_prefix("http://") == Some(host.trim()),
+        _ => false,
+    }
+}
+
+/// The first two checks, in their order: Host, then Origin.
+pub(super) fn host_and_origin(head: &Head, access: &Access) -> Result<(), Refusal> {
+    if access.token.is_none() && !host_allowed(head.header("host"), &access.hosts) {
         return Err((
-            StatusCode::FORBIDDEN,
+            403,
             "the Host header must name a loopback address (or set a token for remote access)\n",
         ));
     }
-    if !origin_allowed(header("origin")) {
-        return Err((StatusCode::FORBIDDEN, "cross-origin requests are refused\n"));
-    }
-    if let Some(token) = &access.token {
-        let given = header("authorization").and_then(bearer_token).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n"));
-        }
+    let origin_ok =
+        origin_allowed(head.header("origin")) || (access.token.is_some() && same_origin(head));
+    if !origin_ok {
+        return Err((403, "cross-origin requests are refused\n"));
     }
     Ok(())
+}
+
+/// Which credentials the request carries.
+pub(super) fn credentials(head: &Head, access: &Access) -> Credentials {
+    let Some(token) = &access.token else {
+        return Credentials::Nothing;
+    };
+    let given = head.header("authorization").and_then(bearer_token);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return Credentials::Bearer;
+    }
+    let cookie = crate::http::cookie_name(head.header("host"));
+    if head
+        .cookie(&cookie)
+        .is_some_and(|id| access.sessions.is_live(id))
+    {
+        return Credentials::Session;
+    }
+    Credentials::Nothing
+}
+
+/// Runs every check of a WebSocket handshake in their order: Host, Origin,
+/// token (or a session, only from the dashboard's own origin).
+pub(super) fn check(head: &Head, access: &Access) -> Result<(), Refusal> {
+    host_and_origin(head, access)?;
+    if access.token.is_none() {
+        return Ok(());
+    }
+    match credentials(head, access) {
+        Credentials::Bearer => Ok(()),
+        Credentials::Session if same_origin(head) => Ok(()),
+        Credentials::Session => Err((
+            403,
+            "a session cookie opens a WebSocket only from the dashboard's own origin\n",
+        )),
+        Credentials::Nothing => Err((401, "missing or wrong token\n")),
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +280,120 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    fn head(lines: &[&str]) -> Head {
+        let raw = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            lines.iter().map(|l| format!("{l}\r\n")).collect::<String>()
+        );
+        crate::http::parse_head(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn checks_run_host_then_origin_then_token_or_session() {
+        let open = Access::default();
+        let locked = Access {
+            token: Some("tok".into()),
+            ..Access::default()
+        };
+        let live = locked.sessions.create().unwrap();
+        let cookie = format!("Cookie: taskmaster_session_3333={live}");
+        let dead = format!("Cookie: taskmaster_session_3333={}", "0".repeat(64));
+        let table: Vec<(&Access, Vec<&str>, Result<(), u16>)> = vec![
+            (&open, vec!["Host: 127.0.0.1:3333"], Ok(())),
+            (&open, vec!["Host: evil.com:3333"], Err(403)),
+            (&open, vec![], Err(403)),
+            (
+                &open,
+                vec!["Host: 127.0.0.1:3333", "Origin: http://evil.com"],
+                Err(403),
+            ),
+            // Without a token a cookie is nothing, and nothing is needed.
+            (&open, vec!["Host: localhost", &dead], Ok(())),
+            // With a token the Host is anything, the token is required.
+            (&locked, vec!["Host: evil.com"], Err(401)),
+            (
+                &locked,
+                vec!["Host: 10.0.0.5:3333", "Authorization: Bearer tok"],
+                Ok(()),
+            ),
+            (
+                &locked,
+                vec!["Host: 10.0.0.5:3333", "Authorization: Bearer no"],
+                Err(401),
+            ),
+            // A session opens a handshake only from the page's own origin.
+            (
+                &locked,
+                vec![
+                    "Host: 127.0.0.1:3333",
+                    "Origin: http://127.0.0.1:3333",
+                    &cookie,
+                ],
+                Ok(()),
+            ),
+            (
+                &locked,
+                vec![
+                    "Host: 10.0.0.5:3333",
+                    "Origin: http://10.0.0.5:3333",
+                    &cookie,
+                ],
+                Ok(()),
+            ),
+            (&locked, vec!["Host: 127.0.0.1:3333", &cookie], Err(403)),
+            (
+                &locked,
+                vec![
+                    "Host: 127.0.0.1:3333",
+                    "Origin: http://localhost:3333",
+                    &cookie,
+                ],
+                Err(403),
+            ),
+            (
+                &locked,
+                vec!["Host: 127.0.0.1:3333", "Origin: http://evil.com", &cookie],
+                Err(403),
+            ),
+            (
+                &locked,
+                vec![
+                    "Host: 127.0.0.1:3333",
+                    "Origin: http://127.0.0.1:3333",
+                    &dead,
+                ],
+                Err(401),
+            ),
+            // Origin is checked before the token.
+            (
+                &locked,
+                vec![
+                    "Host: x",
+                    "Origin: http://evil.com",
+                    "Authorization: Bearer tok",
+                ],
+                Err(403),
+            ),
+        ];
+        for (access, lines, want) in table {
+            let got = check(&head(&lines), access).map_err(|(s, _)| s);
+            assert_eq!(got, want, "{lines:?} (token: {:?})", access.token);
+        }
+        let remote = head(&[
+            "Host: 10.0.0.5:3333",
+            "Origin: http://10.0.0.5:3333",
+            "Cookie: taskmaster_session_3333=x",
+        ]);
+        assert_eq!(credentials(&remote, &locked), Credentials::Nothing);
+        assert_eq!(
+            credentials(&head(&["Host: a:3333", &cookie]), &locked),
+            Credentials::Session
+        );
+        assert_eq!(
+            credentials(&head(&["Host: a:3333", &cookie]), &open),
+            Credentials::Nothing
+        );
     }
 }

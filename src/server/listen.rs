@@ -104,6 +104,14 @@ impl Listener {
         }
     }
 
+    /// The dashboard's URL on this listener: TCP ones serve HTTP too.
+    pub fn dashboard_url(&self) -> Option<String> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| format!("http://{a}/")),
+            Listener::Unix(_) => None,
+        }
+    }
+
     /// Accepts one connection; also names its peer for log lines.
     pub async fn accept(&self) -> io::Result<(Box<dyn Io>, String)> {
         match self {

@@ -3,8 +3,11 @@
 //!
 //! Every byte from a socket is hostile. Connections come from any number of
 //! listeners (`listen.rs`: loopback TCP and Unix sockets) into one accept
-//! loop, and are served alike past `accept`. The handshake is bounded in
-//! time (half-open handshakes are dropped) and checked by `handshake.rs`: a
+//! loop, and are served alike past `accept`. Each starts with one request
+//! head (`web.rs`): a plain HTTP request (the dashboard, `/metrics`,
+//! `/login`) is answered and closed, an upgrade becomes a session. The
+//! handshake is bounded in time (half-open handshakes are dropped) and
+//! checked by `handshake.rs`: a
 //! `Host` that is not loopback (DNS rebinding) and a browser `Origin` that
 //! is not loopback (cross-site WebSocket hijacking) get 403, a missing or
 //! wrong token 401. Frames and messages over 64 KiB are refused by
@@ -46,6 +49,7 @@
 mod commands;
 mod handshake;
 mod listen;
+mod web;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,7 +60,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::server::{Request as HttpRequest, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -69,7 +72,6 @@ pub use listen::{bind, Listen, Listener, MAX_SOCKET_PATH};
 
 pub use commands::execute;
 use commands::{command_opts, run, shown};
-use handshake::refuse;
 use listen::Io;
 
 use crate::output::follow::{Follower, Poller};
@@ -145,6 +147,10 @@ pub struct Context {
     pub shutdown: mpsc::Sender<()>,
     /// The log writers (`clear` goes through them).
     pub output: crate::output::Output,
+    /// The dashboard's URL on the first TCP listener, if there is one.
+    pub dashboard: Option<String>,
+    /// `/metrics` CPU counters, kept between scrapes so they never go back.
+    pub cpu: Arc<crate::http::metrics::CpuCounters>,
 }
 
 /// Is this listen address loopback-only?
@@ -421,8 +427,6 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 /// path and the peer's pid.
 type Peer = Arc<str>;
 
-// tungstenite's Callback trait fixes the large error type of the closure.
-#[allow(clippy::result_large_err)]
 async fn client(
     stream: Box<dyn Io>,
     peer: Peer,
@@ -431,34 +435,23 @@ async fn client(
     slot: Arc<Slot>,
     mut evicted: oneshot::Receiver<()>,
 ) {
-    let access = ctx.access.clone();
-    let callback = move |req: &HttpRequest, resp: Response| {
-        handshake::check(req, &access)
-            .map(|()| resp)
-            .map_err(|(status, text)| refuse(status, text))
-    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
-    let accepted = tokio::select! {
-        accepted = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
-        ) => accepted,
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, web::open(stream, &peer, &ctx, config)) => opened,
         _ = &mut evicted => {
             crate::log!("client {peer}: closed during its handshake to make room for a new connection");
             return;
         }
     };
-    let ws = match accepted {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            crate::log!("client {peer}: handshake refused: {e}");
-            return;
-        }
+    let ws = match opened {
+        Ok(Some(ws)) => ws,
+        // A plain HTTP request, answered; or a refused handshake, logged.
+        Ok(None) => return,
         Err(_) => {
             crate::log!("client {peer}: handshake timed out");
             return;

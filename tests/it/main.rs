@@ -18,3 +18,4 @@ mod output;
 mod privileges;
 mod reload;
 mod server;
+mod web;
