@@ -60,12 +60,13 @@ fn page_url(d: &Daemon) -> String {
 /// `taskmasterctl ARGS` against the daemon; it must succeed.
 fn ctl(d: &Daemon, args: &[&str]) {
     let mut cmd = Command::new(ctl_bin());
-    cmd.arg("--url").arg(d.url()).args(args);
-    cmd.env_remove("TASKMASTER_TOKEN")
-        .env_remove("TASKMASTER_URL");
+    cmd.arg("--url").arg(d.url());
     if let Some(t) = &d.token {
         cmd.arg("--token").arg(t);
     }
+    cmd.args(args)
+        .env_remove("TASKMASTER_TOKEN")
+        .env_remove("TASKMASTER_URL");
     let out = output_within(&mut cmd, WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
