@@ -20,8 +20,9 @@
 //! Chromium runs in a process group of its own, ended by the browser's pid
 //! (`Browser.close`, then SIGKILL to the group) when the driver is closed or
 //! dropped, also when a launch fails half-way. Its crash handler puts
-//! itself in a session of its own and exits when the browser does; `HOME`
-//! points into the profile folder, so nothing is written to the user's.
+//! itself in a session of its own: `HOME` points into the profile folder
+//! (nothing is written to the user's), so the handler's command line names
+//! that folder, and whatever still names it is killed by pid too.
 
 #![allow(dead_code)]
 
@@ -107,7 +108,7 @@ impl Browser {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {CHROMIUM}: {e}"))?;
-        let mut guard = Group(Some(child));
+        let mut guard = Group(Some(child), profile.clone());
         // stderr is read to its end by a thread of its own (a full pipe
         // would stall Chromium); its listening line is our start signal.
         let (tx, rx) = mpsc::channel::<String>();
@@ -444,17 +445,45 @@ impl Drop for Browser {
         if let Some(mut child) = self.child.take() {
             kill_group(&mut child);
         }
+        kill_profile_users(&self.profile);
         let _ = fs::remove_dir_all(&self.profile);
     }
 }
 
 /// Ends Chromium if launching fails half-way.
-struct Group(Option<Child>);
+struct Group(Option<Child>, PathBuf);
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // Taken: the launch succeeded and the browser owns the child.
         if let Some(mut child) = self.0.take() {
             kill_group(&mut child);
+            kill_profile_users(&self.1);
+        }
+    }
+}
+
+/// SIGKILLs, by pid, every process whose command line names `profile`:
+/// what is left of this browser outside its group (the crash handler,
+/// which sets up a session of its own with its database under `HOME`).
+fn kill_profile_users(profile: &Path) {
+    let needle = profile.as_os_str().as_encoded_bytes();
+    if needle.is_empty() {
+        return;
+    }
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if pid > 1 && cmdline.windows(needle.len()).any(|w| w == needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
