@@ -38,6 +38,10 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Chromium, or None (the test then passes) when it is not installed.
 fn browser(dir: &std::path::Path) -> Option<Browser> {
+    browser_sized(dir, 1280, 860)
+}
+
+fn browser_sized(dir: &std::path::Path, width: u32, height: u32) -> Option<Browser> {
     if !cdp::available() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -50,7 +54,7 @@ fn browser(dir: &std::path::Path) -> Option<Browser> {
         );
         return None;
     }
-    Some(Browser::launch(dir, 1280, 860).unwrap_or_else(|e| panic!("{e}")))
+    Some(Browser::launch(dir, width, height).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn page_url(d: &Daemon) -> String {
@@ -404,5 +408,80 @@ fn with_a_token_the_dashboard_asks_for_it_and_works_once_logged_in() {
     page_state(&mut b, "web:0", "STOPPED");
     ctl(&d, &["start", "web:0"]);
     page_state(&mut b, "web:0", "RUNNING");
+    b.close();
+}
+
+/// A realistic config for the README's picture: ten services in every
+/// kind of state.
+const README_CONFIG: &str = r#"
+local log = "while :; do i=$((i+1)); echo \"$(date +%%T) %s $i\"; sleep %s; done"
+return { services = {
+  web = {
+    cmd = log:format("GET /orders/ 200 in 4 ms, request", "0.7"), numprocs = 3, starttime = 1,
+    stdout = "logs/web-{instance}.log",
+    healthcheck = { cmd = "true", interval = 2 },
+  },
+  worker = {
+    cmd = log:format("worker {instance}: job done, id", "0.4"), numprocs = 4, starttime = 1,
+    stdout = "logs/worker-{instance}.log",
+  },
+  db = { cmd = "sleep 100000", starttime = 1, healthcheck = { cmd = "true", interval = 2 } },
+  api = { cmd = "sleep 100000", starttime = 1, depends_on = { db = "healthy" } },
+  cache = { cmd = "sleep 100000", starttime = 1 },
+  scheduler = { cmd = "echo 'nightly run: 0 jobs due'", starttime = 0, autorestart = "never" },
+  mailer = { cmd = "sleep 100000", autostart = false },
+  reports = { cmd = "sh -c 'echo cannot open reports.db >&2; exit 3'", starttime = 1, startretries = 1 },
+  search = {
+    cmd = "sleep 100000", starttime = 1,
+    healthcheck = { cmd = "false", interval = 1, retries = 1, on_unhealthy = "none" },
+  },
+  indexer = { cmd = "sleep 100000", depends_on = { search = "healthy" } },
+} }
+"#;
+
+/// Writes `docs/dashboard.png` (light) and `docs/dashboard-dark.png`:
+/// `cargo test --test it readme_screenshot -- --ignored`.
+#[test]
+#[ignore]
+fn readme_screenshot() {
+    let mut d = Daemon::start("browser-readme", README_CONFIG);
+    d.wait_until("the picture's states", WAIT, |s| {
+        let is =
+            |name: &str, f: &dyn Fn(&Value) -> bool| s.iter().any(|i| i["name"] == name && f(i));
+        s.iter()
+            .filter(|i| i["service"] == "web" || i["service"] == "worker")
+            .all(|i| i["state"] == "RUNNING")
+            && is("web:2", &|i| i["health"] == "healthy")
+            && is("api:0", &|i| i["state"] == "RUNNING")
+            && is("reports:0", &|i| i["state"] == "FATAL")
+            && is("scheduler:0", &|i| i["state"] == "EXITED")
+            && is("search:0", &|i| i["health"] == "unhealthy")
+            && is("indexer:0", &|i| i["state"] == "WAITING")
+    });
+    ctl(&d, &["stop", "worker:3"]);
+    let Some(mut b) = browser_sized(&d.dir, 1280, 1220) else {
+        return;
+    };
+    b.goto(&page_url(&d)).unwrap_or_else(|e| panic!("{e}"));
+    b.wait_for("the page", "document.body.dataset.ready === '1'", WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    click(&mut b, &row_button("worker:1", "logs"));
+    b.wait_for(
+        "a few log lines",
+        "document.querySelector('pre[data-field=\"log\"]').textContent.split('\\n').length > 22",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    b.eval("document.querySelector('main').scrollTop = 0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (scheme, file) in [("light", "dashboard.png"), ("dark", "dashboard-dark.png")] {
+        b.color_scheme(scheme).unwrap_or_else(|e| panic!("{e}"));
+        // Two frames: the new colours are painted.
+        b.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.screenshot(&docs.join(file))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     b.close();
 }
