@@ -157,6 +157,39 @@ fn running(d: &mut Daemon, names: &[&str]) {
     });
 }
 
+/// Stops the daemon and starts it again on the same port (the page's
+/// address), with `extra` flags; waits until it listens. The fixture's own
+/// connections are left dead: use `Daemon::connect` afterwards.
+fn relaunch_on_same_port(d: &mut Daemon, extra: &[&str]) {
+    assert!(d.terminate().is_some(), "the daemon did not stop");
+    let child = Command::new(daemon_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--port")
+        .arg(d.port.to_string())
+        .arg("--log-file")
+        .arg(d.dir.join("daemon.log"))
+        .args(extra)
+        .current_dir(&d.dir)
+        .env_remove("TASKMASTER_TOKEN")
+        .env_remove("TASKMASTER_LISTEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn taskmasterd");
+    d.child = Some(child);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", d.port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taskmasterd did not listen again; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits (woken by daemon events) until `status` reports a config error.
 fn config_error(d: &mut Daemon) -> String {
     let deadline = std::time::Instant::now() + WAIT;
@@ -346,6 +379,31 @@ fn the_dashboard_shows_every_instance_live_and_drives_the_daemon() {
         Some(Value::Bool(true))
     );
 
+    // The daemon goes away and comes back: the page says so, reconnects
+    // with backoff and is live again (status re-read), without a reload.
+    fs::write(&d.config, &good).expect("write config");
+    b.eval(
+        "window.conns = []; new MutationObserver(() => conns.push(document.body.dataset.conn))\
+         .observe(document.body, {attributes: true, attributeFilter: ['data-conn']}); true",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    relaunch_on_same_port(&mut d, &[]);
+    b.wait_for(
+        "the page to show the drop, then reconnect",
+        "conns.includes('closed') && document.body.dataset.conn === 'open' \
+         && document.querySelector('[data-field=\"config-error\"]').hidden",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = d.connect();
+    let reply = call(&mut ws, 1, "stop", &["extra:0"]);
+    assert_eq!(reply["ok"], true, "{reply}");
+    page_state(&mut b, "extra:0", "STOPPED");
+    assert_eq!(
+        b.eval("window.sameLoad === true").ok(),
+        Some(Value::Bool(true))
+    );
+
     let shot = d.dir.join("dashboard.png");
     b.screenshot(&shot).unwrap_or_else(|e| panic!("{e}"));
     assert!(fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000);
@@ -408,6 +466,16 @@ fn with_a_token_the_dashboard_asks_for_it_and_works_once_logged_in() {
     page_state(&mut b, "web:0", "STOPPED");
     ctl(&d, &["start", "web:0"]);
     page_state(&mut b, "web:0", "RUNNING");
+
+    // Sessions die with the daemon: once it is back, the page's cookie
+    // opens nothing and the page says to sign in again.
+    relaunch_on_same_port(&mut d, &["--token", "s3cret-token"]);
+    b.wait_for(
+        "the page to say it is signed out",
+        "document.body.dataset.conn === 'signed-out' && document.querySelector('[data-field=\"conn\"] a[href=\"/\"]')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     b.close();
 }
 
