@@ -6,6 +6,10 @@
 //! stoptime, then the daemon exits 0; SIGHUP reloads (on a task of its own,
 //! so a slow config never holds up a SIGTERM). A supervisor that panics
 //! makes the daemon exit non-zero.
+//!
+//! `--export` ([`export`]) is the other way to run: the config is evaluated
+//! for another engine (host checks as warnings), nothing is bound or
+//! spawned, and the files `crate::export` renders are written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, HostChecks};
 use crate::hooks::HookQueue;
 use crate::process;
 use crate::reloader::Reloader;
@@ -44,6 +48,74 @@ pub enum DaemonError {
     /// Something in the OS refused.
     #[error("{0}")]
     Io(String),
+}
+
+/// What `--export` writes (SPEC §15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `NAME@.service` template units and `taskmaster.target`, into a folder.
+    Systemd,
+    /// A Nomad job in the JSON of Nomad's jobs API, into a file.
+    Nomad,
+}
+
+/// `taskmasterd --export FORMAT --out PATH`: evaluates `config` with the
+/// host-dependent checks as warnings (printed on stderr: the config is to
+/// run elsewhere), starts nothing, writes the files and returns their
+/// paths. Options Nomad cannot express are printed on stderr too; the
+/// systemd units carry theirs as comments.
+pub fn export(
+    config: &Path,
+    format: ExportFormat,
+    out: &Path,
+) -> Result<Vec<PathBuf>, DaemonError> {
+    let loaded = config::load_for(config, HostChecks::Warn)?;
+    for warning in &loaded.warnings {
+        eprintln!("taskmasterd: warning: {warning}");
+    }
+    let hooks = loaded
+        .hooks
+        .as_ref()
+        .map(|h| h.events())
+        .unwrap_or_default();
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text)
+            .map_err(|e| DaemonError::Io(format!("cannot write {}: {e}", path.display())))
+    };
+    let mut written = Vec::new();
+    match format {
+        ExportFormat::Systemd => {
+            std::fs::create_dir_all(out)
+                .map_err(|e| DaemonError::Io(format!("cannot create {}: {e}", out.display())))?;
+            for unit in crate::export::systemd::render(&loaded.config, &hooks) {
+                let path = out.join(&unit.name);
+                write(&path, &unit.text)?;
+                written.push(path);
+            }
+        }
+        ExportFormat::Nomad => {
+            let stem = config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = crate::export::dns_name(&stem);
+            let job = crate::export::nomad::render(&loaded.config, &id, &hooks)
+                .map_err(DaemonError::Io)?;
+            for line in &job.unmapped {
+                eprintln!("taskmasterd: not exported: {line}");
+            }
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    DaemonError::Io(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let text = serde_json::to_string_pretty(&job.json)
+                .map_err(|e| DaemonError::Io(format!("cannot encode the job: {e}")))?;
+            write(out, &format!("{text}\n"))?;
+            written.push(out.to_path_buf());
+        }
+    }
+    Ok(written)
 }
 
 /// `./taskmaster.lua` when it exists, else `./conf.json` when it exists,

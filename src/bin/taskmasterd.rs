@@ -1,18 +1,24 @@
-//! `taskmasterd`: parses flags, sets up logging, runs the daemon.
+//! `taskmasterd`: parses flags, sets up logging, runs the daemon (or, with
+//! `--export`, writes the config for systemd or Nomad and exits).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use taskmaster::daemon::{self, Options};
+use clap::{Parser, ValueEnum};
+use taskmaster::daemon::{self, ExportFormat, Options};
 
 /// How long the log may take to write its queued lines at exit.
 const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// The Taskmaster daemon: supervises the services of a Lua or JSON config.
+///
+/// With --export, writes that config for another engine instead and exits:
+/// `--export systemd --out DIR` (a `NAME@.service` template per service and
+/// `taskmaster.target`), `--export nomad --out FILE` (a Nomad job, JSON).
+/// Nothing is started; the files written are listed on stdout.
 #[derive(Parser, Debug)]
-#[command(name = "taskmasterd", version, about)]
+#[command(name = "taskmasterd", version, about, long_about)]
 struct Flags {
     /// Config file (`.json` is read as JSON, anything else as Lua)
     /// [default: ./taskmaster.lua, else ./conf.json]
@@ -40,6 +46,23 @@ struct Flags {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// Write the config for another engine instead of running it (no
+    /// listener, no process): `systemd` units or a `nomad` job
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "out")]
+    export: Option<Export>,
+    /// Where --export writes: a folder for systemd (created when missing),
+    /// a file for nomad
+    #[arg(long, value_name = "PATH", requires = "export")]
+    out: Option<PathBuf>,
+}
+
+/// The formats of `--export`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Export {
+    /// `NAME@.service` template units and `taskmaster.target`
+    Systemd,
+    /// A Nomad job in the JSON of Nomad's jobs API
+    Nomad,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +79,28 @@ fn main() -> ExitCode {
             eprintln!("taskmasterd: cannot open log file {}: {e}", path.display());
             return ExitCode::from(1);
         }
+    }
+    if let (Some(format), Some(out)) = (flags.export, &flags.out) {
+        let format = match format {
+            Export::Systemd => ExportFormat::Systemd,
+            Export::Nomad => ExportFormat::Nomad,
+        };
+        let config = flags.config.unwrap_or_else(daemon::default_config_path);
+        let code = match daemon::export(&config, format, out) {
+            Ok(files) => {
+                for file in files {
+                    println!("{}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("taskmasterd: {e}");
+                ExitCode::from(1)
+            }
+        };
+        // load_ini's warnings go through the log's writer threads.
+        taskmaster::log::flush(LOG_FLUSH);
+        return code;
     }
     let token = match &flags.token_file {
         Some(path) => match daemon::read_token_file(path) {

@@ -17,24 +17,66 @@ use serde_json::{Map, Value};
 
 /// Collects problems with their paths while the tree is walked.
 #[derive(Debug, Default)]
-pub(super) struct Problems(Vec<String>);
+pub(super) struct Problems {
+    /// The errors, in the order they were found.
+    errors: Vec<String>,
+    /// What a problem that depends on this host is (SPEC §18).
+    host: HostChecks,
+    /// Host problems recorded as warnings (with [`HostChecks::Warn`]).
+    warnings: Vec<String>,
+}
 
 impl Problems {
+    /// An empty list whose host problems are treated as `host` says.
+    pub(super) fn new(host: HostChecks) -> Self {
+        Problems {
+            host,
+            ..Problems::default()
+        }
+    }
+
     /// Records `msg` about the field at `path`.
     pub(super) fn add(&mut self, path: &str, msg: impl fmt::Display) {
-        self.0.push(format!("{path}: {msg}"));
+        self.errors.push(format!("{path}: {msg}"));
+    }
+
+    /// Records `msg` about the field at `path`, a problem only on this host
+    /// (an unknown user, a missing file): an error when the config is to
+    /// run here, a warning when it is evaluated for an export.
+    pub(super) fn host(&mut self, path: &str, msg: impl fmt::Display) {
+        match self.host {
+            HostChecks::Enforce => self.add(path, msg),
+            HostChecks::Warn => self.warnings.push(format!("{path}: {msg}")),
+        }
     }
 
     /// How many problems so far: a caller compares counts to tell whether its
     /// own part of the tree was clean.
     pub(super) fn count(&self) -> usize {
-        self.0.len()
+        self.errors.len()
     }
 
     /// The problems, in the order they were found.
+    #[cfg(test)]
     pub(super) fn into_vec(self) -> Vec<String> {
-        self.0
+        self.errors
     }
+
+    /// The errors and the warnings, each in the order they were found.
+    pub(super) fn into_parts(self) -> (Vec<String>, Vec<String>) {
+        (self.errors, self.warnings)
+    }
+}
+
+/// How the checks that depend on the host are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostChecks {
+    /// As errors: the config is about to run here (start-up, reload).
+    #[default]
+    Enforce,
+    /// As warnings: the config is evaluated to be exported (`--export`) and
+    /// will run elsewhere, where the user may exist and the file be present.
+    Warn,
 }
 
 /// Records every key of `obj` not in `known`, suggesting the nearest known one.
@@ -45,7 +87,8 @@ pub(super) fn unknown_keys(obj: &Map<String, Value>, known: &[&str], path: &str,
                 .map(|k| format!(" — did you mean \"{k}\"?"))
                 .unwrap_or_default();
             // Not `add`: the message names the table, not a field of it.
-            p.0.push(format!("unknown option \"{key}\" in {path}{hint}"));
+            p.errors
+                .push(format!("unknown option \"{key}\" in {path}{hint}"));
         }
     }
 }

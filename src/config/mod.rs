@@ -8,7 +8,8 @@
 //! error with its field path (`services.web.numprocs: ...`). No mlua type
 //! leaks out of this module tree.
 //!
-//! This file holds the types and the list of options with their defaults;
+//! This file holds the types and the list of options with their defaults
+//! (`load.rs` reads a file with the front-end its name calls for);
 //! `fields.rs` holds the helpers that read one value each and word the
 //! errors, so every option of the same type fails with the same sentence;
 //! `output.rs` reads the output options of SPEC §10 (rotation sizes have a
@@ -19,19 +20,30 @@
 //! SPEC §12: `privileges.rs` (`user`, `group`, `rlimits`, `env_file`,
 //! resolved at load) with `env_file.rs` (the dotenv grammar); `max_memory`
 //! is read here with the size grammar of `output.rs`.
+//! SPEC §15: `ini/` (`load_ini`: a supervisord config read into the tree a
+//! Lua config would return) and `procfile.rs` (`load_procfile`), both
+//! offered to Lua by `lua/`; a config evaluated for `--export` is validated
+//! with [`HostChecks::Warn`], so what only fails on this host warns.
 
 mod deps;
 mod env_file;
 mod fields;
 mod healthcheck;
+pub mod ini;
 pub mod json;
+mod load;
 pub mod lua;
 mod output;
 pub mod placeholders;
 mod privileges;
+pub mod procfile;
 
-pub use fields::{did_you_mean, parse_signal};
+/// How a `cmd` is run (exec'd, or through `/bin/sh -c`): what an export
+/// writes must start the program the same way.
+pub use crate::process::argv::{launch, Launch};
+pub use fields::{did_you_mean, parse_signal, HostChecks};
 pub use healthcheck::{http_target, tcp_target, HttpTarget};
+pub use load::{base_dir, load, load_for, ConfigError, Loaded};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +98,9 @@ pub struct SpawnSpec {
     pub timestamps: bool,
     /// Who the processes run as (resolved at load), or the daemon's user.
     pub credentials: Option<Credentials>,
+    /// `user` and `group` as the config names them: what an export writes
+    /// (they may not resolve on this host).
+    pub run_as: RunAs,
     /// Resource limits set (soft and hard) before exec, by resource.
     pub rlimits: Vec<(Resource, Limit)>,
     /// The `env_file`s (absolute), in order: watched for reload.
@@ -93,6 +108,15 @@ pub struct SpawnSpec {
     /// Their variables, later files over earlier (`env` wins over these).
     /// Not templates: a brace in a file is a brace.
     pub file_env: BTreeMap<String, String>,
+}
+
+/// The `user` and `group` options as written (a name, or an id as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunAs {
+    /// `user`, if set.
+    pub user: Option<String>,
+    /// `group`, if set.
+    pub group: Option<String>,
 }
 
 /// Size-based rotation of one log file (SPEC §10).
@@ -234,87 +258,6 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
 }
 
-/// Everything that can go wrong loading a config.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// JSON syntax error, with line and column.
-    #[error("{path}: line {line}, column {column}: {message}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What serde_json said.
-        message: String,
-    },
-    /// A Lua error, already carrying `file:line:`.
-    #[error("{0}")]
-    Lua(String),
-    /// Schema errors, one per offending field, each with its path.
-    #[error("{}", .0.join("\n"))]
-    Invalid(Vec<String>),
-}
-
-/// A loaded config plus what the watcher and the hooks need from its evaluation.
-pub struct Loaded {
-    /// The validated config.
-    pub config: Config,
-    /// Every file the config read (itself, `load_json`, `require`, `dofile`).
-    pub files: Vec<PathBuf>,
-    /// The Lua state that evaluated it, with its registered hooks (None for JSON).
-    pub hooks: Option<lua::HookState>,
-}
-
-/// Loads a config file: `.json` as JSON, anything else as Lua.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    if path.extension().is_some_and(|e| e == "json") {
-        let value = json::read(path)?;
-        let config = validate(&value, base_dir(path))?;
-        let mut files = vec![path.to_path_buf()];
-        files.extend(config.env_files());
-        Ok(Loaded {
-            config,
-            files,
-            hooks: None,
-        })
-    } else {
-        lua::load(path)
-    }
-}
-
-impl Config {
-    /// Every service's `env_file`s: the watcher follows them like the
-    /// files the config itself read.
-    pub fn env_files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = self
-            .services
-            .values()
-            .flat_map(|s| s.spawn.env_files.iter().cloned())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-}
-
-/// The folder relative paths in a config resolve against.
-pub fn base_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 const TOP_KEYS: &[&str] = &["services"];
 /// The §3 and §11 options; the §10 ones are `output::KEYS`, next to their
 /// parsing.
@@ -340,7 +283,17 @@ const SERVICE_KEYS: &[&str] = &[
 
 /// Validates a value tree into a [`Config`], resolving relative paths against `base`.
 pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
-    let mut p = Problems::default();
+    validate_for(value, base, HostChecks::Enforce).map(|(config, _)| config)
+}
+
+/// [`validate`], with the host-dependent checks treated as `host` says;
+/// the warnings come with the config.
+pub fn validate_for(
+    value: &Value,
+    base: &Path,
+    host: HostChecks,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut p = Problems::new(host);
     let mut config = Config::default();
     let Some(top) = value.as_object() else {
         return Err(ConfigError::Invalid(vec![format!(
@@ -380,10 +333,11 @@ pub fn validate(value: &Value, base: &Path) -> Result<Config, ConfigError> {
             format!("expected a table of services, got {}", kind(other)),
         ),
     }
-    if p.count() == 0 {
-        Ok(config)
+    let (errors, warnings) = p.into_parts();
+    if errors.is_empty() {
+        Ok((config, warnings))
     } else {
-        Err(ConfigError::Invalid(p.into_vec()))
+        Err(ConfigError::Invalid(errors))
     }
 }
 
@@ -427,6 +381,7 @@ fn service(
         redirect_stderr: false,
         timestamps: false,
         credentials: None,
+        run_as: RunAs::default(),
         rlimits: Vec::new(),
         env_files: Vec::new(),
         file_env: BTreeMap::new(),

@@ -6,6 +6,12 @@
 //! path, and the child gets plain numbers), env files read and parsed (so a
 //! bad line is `FILE:LINE`, and their content is part of the `SpawnSpec`
 //! the reload diff compares).
+//!
+//! What depends on this host (a user or group that does not exist here,
+//! becoming another user without being root, an env file that is missing or
+//! unreadable) goes through `Problems::host`: an error when the config is
+//! to run here, a warning when it is evaluated for `--export` (SPEC §18),
+//! where the names as written (`SpawnSpec::run_as`) are what counts.
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +35,12 @@ pub(super) fn read(
 ) {
     let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
     let at = |name: &str| format!("{path}.{name}");
-    let user = field("user").and_then(|v| user(v, &at("user"), p));
-    let group = field("group").and_then(|v| group(v, &at("group"), p));
+    let user_text = field("user").and_then(|v| id_text(v, &at("user"), "user", p));
+    let group_text = field("group").and_then(|v| id_text(v, &at("group"), "group", p));
+    spawn.run_as.user = user_text.clone();
+    spawn.run_as.group = group_text.clone();
+    let user = user_text.and_then(|t| user(&t, &at("user"), p));
+    let group = group_text.and_then(|t| group(&t, &at("group"), p));
     if user.is_some() || group.is_some() {
         // A `group` alone keeps the daemon's user.
         let who = match user {
@@ -38,7 +48,7 @@ pub(super) fn read(
             None => match identity::own_user() {
                 Ok(u) => u,
                 Err(e) => {
-                    p.add(
+                    p.host(
                         &at("group"),
                         format!("cannot look up the daemon's user: {e}"),
                     );
@@ -49,7 +59,7 @@ pub(super) fn read(
         if let Some(who) = who {
             match identity::credentials(&who, group) {
                 Ok(c) => spawn.credentials = Some(c),
-                Err(e) => p.add(
+                Err(e) => p.host(
                     &at("user"),
                     format!("cannot read the groups of \"{}\": {e}", who.name),
                 ),
@@ -88,22 +98,21 @@ fn id_text(v: &Value, path: &str, what: &str, p: &mut Problems) -> Option<String
     }
 }
 
-fn user(v: &Value, path: &str, p: &mut Problems) -> Option<nix::unistd::User> {
-    let text = id_text(v, path, "user", p)?;
-    let found = match identity::lookup_user(&text) {
+fn user(text: &str, path: &str, p: &mut Problems) -> Option<nix::unistd::User> {
+    let found = match identity::lookup_user(text) {
         Ok(Some(u)) => u,
         Ok(None) => {
-            p.add(path, format!("unknown user \"{text}\""));
+            p.host(path, format!("unknown user \"{text}\""));
             return None;
         }
         Err(e) => {
-            p.add(path, format!("cannot look up user \"{text}\": {e}"));
+            p.host(path, format!("cannot look up user \"{text}\": {e}"));
             return None;
         }
     };
     // Only root can become somebody else; the daemon's own user is a no-op.
     if !identity::is_root() && found.uid != nix::unistd::Uid::effective() {
-        p.add(
+        p.host(
             path,
             format!("cannot run as \"{}\": the daemon is not root", found.name),
         );
@@ -112,16 +121,15 @@ fn user(v: &Value, path: &str, p: &mut Problems) -> Option<nix::unistd::User> {
     Some(found)
 }
 
-fn group(v: &Value, path: &str, p: &mut Problems) -> Option<u32> {
-    let text = id_text(v, path, "group", p)?;
-    match identity::lookup_group(&text) {
+fn group(text: &str, path: &str, p: &mut Problems) -> Option<u32> {
+    match identity::lookup_group(text) {
         Ok(Some(g)) => Some(g),
         Ok(None) => {
-            p.add(path, format!("unknown group \"{text}\""));
+            p.host(path, format!("unknown group \"{text}\""));
             None
         }
         Err(e) => {
-            p.add(path, format!("cannot look up group \"{text}\": {e}"));
+            p.host(path, format!("cannot look up group \"{text}\": {e}"));
             None
         }
     }
@@ -199,10 +207,70 @@ fn env_files(v: &Value, path: &str, base: &Path, spawn: &mut SpawnSpec, p: &mut 
                 Err((line, why)) => p.add(&at, format!("{name}:{line}: {why}")),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                p.add(&at, format!("{name}: no such file"))
+                p.host(&at, format!("{name}: no such file"))
             }
-            Err(e) => p.add(&at, format!("{name}: cannot read: {e}")),
+            Err(e) => p.host(&at, format!("{name}: cannot read: {e}")),
         }
         spawn.env_files.push(file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{json, Value};
+
+    use super::super::{validate, validate_for, ConfigError, HostChecks};
+
+    /// A service whose every §12 option only fails on this host.
+    fn foreign() -> Value {
+        json!({"services": {"web": {
+            "cmd": "x",
+            "user": "tm-no-such-user",
+            "group": "tm-no-such-group",
+            "env_file": ["missing.env"],
+        }}})
+    }
+
+    #[test]
+    fn host_problems_are_errors_when_the_config_is_to_run_here() {
+        let Err(ConfigError::Invalid(e)) = validate(&foreign(), Path::new("/nonexistent")) else {
+            panic!("expected errors");
+        };
+        assert_eq!(
+            e,
+            vec![
+                "services.web.user: unknown user \"tm-no-such-user\"",
+                "services.web.group: unknown group \"tm-no-such-group\"",
+                "services.web.env_file[1]: missing.env: no such file",
+            ]
+        );
+    }
+
+    #[test]
+    fn host_problems_are_warnings_for_an_export_and_the_names_are_kept() {
+        let (c, warnings) =
+            validate_for(&foreign(), Path::new("/nonexistent"), HostChecks::Warn).unwrap();
+        assert_eq!(
+            warnings,
+            vec![
+                "services.web.user: unknown user \"tm-no-such-user\"",
+                "services.web.group: unknown group \"tm-no-such-group\"",
+                "services.web.env_file[1]: missing.env: no such file",
+            ]
+        );
+        let spawn = &c.services["web"].spawn;
+        assert_eq!(spawn.run_as.user.as_deref(), Some("tm-no-such-user"));
+        assert_eq!(spawn.run_as.group.as_deref(), Some("tm-no-such-group"));
+        assert_eq!(spawn.credentials, None);
+        assert_eq!(
+            spawn.env_files,
+            vec![PathBuf::from("/nonexistent/missing.env")]
+        );
+        // What is wrong on any host stays an error.
+        let bad =
+            json!({"services": {"web": {"cmd": "x", "user": true, "rlimits": {"nofile": -1}}}});
+        assert!(validate_for(&bad, Path::new("/b"), HostChecks::Warn).is_err());
     }
 }

@@ -1,64 +1,19 @@
-//! Resident memory of process groups, read from /proc (SPEC §12
-//! `max_memory`): the sum of RSS over every process whose process group is
-//! the instance's, so a `sh -c` wrapper's children count too.
+//! Resident memory and CPU time of process groups, read from /proc (SPEC
+//! §12 `max_memory`, §14 `/metrics`): sums over every process whose process
+//! group is the instance's, so a `sh -c` wrapper's children count too.
 //!
-//! One scan of /proc serves every group asked about: the caller checks all
-//! its instances at once. The parsing is pure and table-tested; a process
+//! One scan of /proc, one `stat` file per process, serves every group asked
+//! about: the caller checks all its instances at once. The parsing is pure and table-tested; a process
 //! that exits mid-scan is simply skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The process group in a `/proc/PID/stat` line (field 5). The command name
-/// (field 2) is in parentheses and may hold spaces and parentheses itself,
-/// so the fields are counted from the last `)`.
-pub fn stat_pgrp(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // state, ppid, pgrp
-    rest.split_ascii_whitespace().nth(2)?.parse().ok()
-}
-
-/// The resident pages in a `/proc/PID/statm` line (field 2).
-pub fn statm_rss_pages(statm: &str) -> Option<u64> {
-    statm.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
 /// RSS in bytes per group of `pgids` (groups with no readable process are absent).
 pub fn group_rss(pgids: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
-    let mut out = BTreeMap::new();
-    if pgids.is_empty() {
-        return out;
-    }
-    // SAFETY: sysconf with a constant.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as u64,
-        _ => 4096,
-    };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(pgrp) = stat_pgrp(&stat).filter(|g| pgids.contains(g)) else {
-            continue;
-        };
-        let Some(pages) = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-            .ok()
-            .and_then(|s| statm_rss_pages(&s))
-        else {
-            continue;
-        };
-        *out.entry(pgrp).or_insert(0) += pages * page;
-    }
-    out
+    group_usage(pgids)
+        .into_iter()
+        .map(|(pgid, u)| (pgid, u.rss_bytes))
+        .collect()
 }
 
 /// What a process group uses, summed over its members.
@@ -149,22 +104,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_lines() {
-        let table: &[(&str, Option<u32>)] = &[
-            ("1234 (sleep) S 1 1234 1234 0 -1 4194560", Some(1234)),
-            ("77 (a b) R 5 70 70 0", Some(70)),
-            ("77 (x) (y)) S 5 71 70 0", Some(71)),
-            ("77 (sh", None),
-            ("77 (sh) S 5", None),
-            ("77 (sh) S 5 notanumber", None),
-        ];
-        for (line, want) in table {
-            assert_eq!(stat_pgrp(line), *want, "{line}");
-        }
-    }
-
-    #[test]
     fn stat_usage_lines() {
+        // The command name may hold spaces and parentheses: fields are
+        // counted from the last `)`.
+        for (line, pgrp) in [
+            (
+                "77 (a b) R 5 70 70 0 0 0 0 0 0 0 1 1 1 1 0 0 0 0 0 0 9",
+                Some(70),
+            ),
+            (
+                "77 (x) (y)) S 5 71 70 0 0 0 0 0 0 0 1 1 1 1 0 0 0 0 0 0 9",
+                Some(71),
+            ),
+            ("77 (sh", None),
+            ("77 (sh) S 5 notanumber", None),
+        ] {
+            assert_eq!(stat_usage(line).map(|u| u.0), pgrp, "{line}");
+        }
         // A real line of `sleep` (fields 14-17: 3 1 7 2; field 24: 130).
         let sleep = "4321 (sle ep)) S 1 4321 4321 0 -1 4194560 100 0 0 0 3 1 7 2 20 0 1 0 \
                      12345 2461696 130 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
@@ -179,19 +135,6 @@ mod tests {
         let usage = group_usage(&BTreeSet::from([me]));
         let u = usage.get(&me).expect("our own group is in /proc");
         assert!(u.rss_bytes > 0);
-    }
-
-    #[test]
-    fn statm_lines() {
-        let table: &[(&str, Option<u64>)] = &[
-            ("2000 512 100 1 0 300 0\n", Some(512)),
-            ("2000", None),
-            ("", None),
-            ("1 x", None),
-        ];
-        for (line, want) in table {
-            assert_eq!(statm_rss_pages(line), *want, "{line:?}");
-        }
     }
 
     #[test]

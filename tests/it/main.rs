@@ -14,6 +14,7 @@ mod hooks;
 mod logging;
 mod logs;
 mod lua;
+mod migration;
 mod output;
 mod privileges;
 mod reload;

@@ -1,7 +1,8 @@
 //! The Lua front-end: evaluates `taskmaster.lua` in a fresh Lua 5.4 state.
 //!
 //! The chunk is named after its file so errors read `taskmaster.lua:12: ...`.
-//! `load_json`, `dofile` and `require` resolve relative names against the
+//! `load_json`, `load_ini`, `load_procfile` (`migrate.rs`), `dofile` and
+//! `require` resolve relative names against the
 //! config's folder (`require` also searches its `scripts/`, then the modules
 //! of `scripts/` shipped inside the binary), and every file they read is
 //! recorded so the watcher can follow it. Evaluation runs under
@@ -25,6 +26,7 @@
 //! `require("taskmaster").on(...)`.
 
 mod commands;
+mod migrate;
 
 use commands::install_commands;
 
@@ -35,12 +37,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlua::{
-    AnyUserData, Function, HookTriggers, Lua, LuaSerdeExt, MetaMethod, MultiValue, Table, UserData,
+    AnyUserData, Function, HookTriggers, Lua, MetaMethod, MultiValue, Table, UserData,
     UserDataFields, UserDataMethods, Value as LuaValue, VmState,
 };
 use serde_json::{Map, Number, Value};
 
-use super::{base_dir, validate, ConfigError, Loaded};
+use super::{base_dir, validate_for, ConfigError, HostChecks, Loaded};
 use crate::process::exec::{Capture, Shell};
 use crate::process::Exit;
 
@@ -62,6 +64,22 @@ pub const HANDLERS_KEY: &str = "taskmaster.handlers";
 pub struct HookState {
     /// The state that evaluated the config.
     pub lua: Lua,
+}
+
+impl HookState {
+    /// The events the config registered handlers for (`tm.on(EVENT, fn)`),
+    /// sorted: what an export must say it leaves behind.
+    pub fn events(&self) -> Vec<String> {
+        let Ok(handlers) = self.lua.named_registry_value::<Table>(HANDLERS_KEY) else {
+            return Vec::new();
+        };
+        let mut events: Vec<String> = handlers
+            .pairs::<String, LuaValue>()
+            .filter_map(|pair| pair.ok().map(|(event, _)| event))
+            .collect();
+        events.sort();
+        events
+    }
 }
 
 /// A wall-clock budget for Lua code, shared with the instruction hook.
@@ -147,6 +165,11 @@ fn deadline(lua: &Lua) -> Option<Instant> {
 
 /// Evaluates a Lua config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_for(path, HostChecks::Enforce)
+}
+
+/// [`load`], with the host-dependent checks treated as `host` says.
+pub fn load_for(path: &Path, host: HostChecks) -> Result<Loaded, ConfigError> {
     let source = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -192,18 +215,19 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         }
     };
     lua.remove_hook();
-    let config = validate(&value, &base)?;
+    let (config, warnings) = validate_for(&value, &base, host)?;
     let mut files = files.lock().map(|f| f.clone()).unwrap_or_default();
     files.extend(config.env_files());
     Ok(Loaded {
         config,
         files,
         hooks: Some(HookState { lua }),
+        warnings,
     })
 }
 
-/// Installs `load_json`, the path-aware `dofile` and `require`, and the
-/// `taskmaster` module.
+/// Installs `load_json`, `load_ini`, `load_procfile`, the path-aware
+/// `dofile` and `require`, and the `taskmaster` module.
 fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Result<()> {
     let globals = lua.globals();
     let base_str = base.to_string_lossy().to_string();
@@ -224,13 +248,7 @@ fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Res
     let read_json = lua.create_function(|lua, path: String| {
         let parsed = super::json::read(Path::new(&path));
         match parsed {
-            Ok(v) => {
-                let opts = mlua::serde::SerializeOptions::new()
-                    .set_array_metatable(false)
-                    .serialize_none_to_null(false)
-                    .serialize_unit_to_null(false);
-                Ok((lua.to_value_with(&v, opts)?, LuaValue::Nil))
-            }
+            Ok(v) => Ok((migrate::to_lua(lua, &v)?, LuaValue::Nil)),
             Err(e) => Ok((
                 LuaValue::Nil,
                 LuaValue::String(lua.create_string(e.to_string())?),
@@ -244,6 +262,7 @@ fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Res
     })?;
 
     install_commands(lua)?;
+    let (read_ini, read_procfile) = migrate::functions(lua, files)?;
 
     let package: Table = globals.get("package")?;
     let path: String = package.get("path")?;
@@ -263,6 +282,8 @@ fn prepare(lua: &Lua, base: &Path, files: Arc<Mutex<Vec<PathBuf>>>) -> mlua::Res
         log,
         base_str.clone(),
         bundled,
+        read_ini,
+        read_procfile,
     ))?;
     lua.set_named_registry_value(MODULE_KEY, module)?;
     lua.set_named_registry_value(HANDLERS_KEY, handlers)?;
@@ -290,7 +311,7 @@ fn lua_pattern_escape(s: &str) -> String {
 
 /// Lua side of `prepare`: error levels point at the caller's file:line.
 const PRELUDE: &str = r#"
-local resolve, read_json, log, config_dir, bundled = ...
+local resolve, read_json, log, config_dir, bundled, read_ini, read_procfile = ...
 local orig_dofile, loadfile, searchpath, load = dofile, loadfile, package.searchpath, load
 
 -- The config and its hooks run inside the daemon: ending the process is
@@ -302,6 +323,21 @@ end
 function load_json(path)
   if type(path) ~= "string" then error("load_json: expected a path string", 2) end
   local value, err = read_json(resolve(path))
+  if err then error(err, 2) end
+  return value
+end
+
+-- A supervisord config / a Procfile as `{ services = {...} }` (SPEC §15).
+function load_ini(path)
+  if type(path) ~= "string" then error("load_ini: expected a path string", 2) end
+  local value, err = read_ini(resolve(path))
+  if err then error(err, 2) end
+  return value
+end
+
+function load_procfile(path)
+  if type(path) ~= "string" then error("load_procfile: expected a path string", 2) end
+  local value, err = read_procfile(resolve(path))
   if err then error(err, 2) end
   return value
 end
