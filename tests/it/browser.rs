@@ -26,7 +26,7 @@ return { services = {
   web = { cmd = "sleep 100000", numprocs = 2, starttime = 0, stoptime = 2 },
   probe = { cmd = "sleep 100000", starttime = 0, healthcheck = { cmd = "true", interval = 0.2 } },
   talker = {
-    cmd = "n=0; trap 'n=$((n+1)); echo \"pong $n\"' USR1; echo hello; echo 'err hello' >&2; while :; do sleep 1 & wait $!; done",
+    cmd = "n=0; trap 'n=$((n+1)); echo \"pong $n\"' USR1; echo 'hello <i>markup</i>'; echo 'err hello' >&2; while :; do sleep 1 & wait $!; done",
     starttime = 0, stoptime = 2, stdout = "talker.out", stderr = "talker.err",
   },
   idle = { cmd = "sleep 100000", autostart = false, stoptime = 2 },
@@ -322,6 +322,14 @@ fn the_dashboard_shows_every_instance_live_and_drives_the_daemon() {
     b.wait_for(
         "the log panel to follow talker:0",
         "document.querySelector('#log[data-name=\"talker:0\"][data-following=\"1\"]')",
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Output is text, never markup.
+    b.wait_for(
+        "the child's first line, as text",
+        "document.querySelector('pre[data-field=\"log\"]').textContent.includes('hello <i>markup</i>') \
+         && !document.querySelector('pre[data-field=\"log\"] i')",
         WAIT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
