@@ -148,6 +148,18 @@ pub fn dashboard(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
     for _ in 0..scrapes {
         scan.push(proc_scan_ms());
     }
+    // A scrape reads /proc once: its cost follows the machine's processes.
+    let procs = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0);
     drop(d);
 
     let (r, l) = (stat(ready), stat(limit));
@@ -173,7 +185,7 @@ pub fn dashboard(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         Row {
             id: "DASH",
             what: format!(
-                "GET /metrics, {N} instances, median of {scrapes} \
+                "GET /metrics, {N} instances, {procs} processes on the machine, median of {scrapes} \
                  (limit: the bench reading /proc/PID/stat of every process)"
             ),
             unit: "ms",
