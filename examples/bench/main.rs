@@ -13,6 +13,7 @@
 //! limit and supervisord all run the very same writer; and of the health
 //! workload (`bench --serve PORT`, a tiny HTTP server).
 
+mod dashboard;
 mod harness;
 mod health;
 mod lifecycle;
@@ -112,6 +113,7 @@ fn main() {
     run!(["W8"], w3_crash_loop(&bin, &opts, true));
     run!(["TAIL"], tail_latency(&bin, &opts));
     run!(["HEALTH"], health::health(&bin, &opts));
+    run!(["DASH"], dashboard::dashboard(&bin, &opts));
     report(&rows, &opts);
     let left = harness::leftovers();
     if !left.is_empty() {

@@ -269,7 +269,9 @@ impl Response {
             headers: vec![
                 ("Content-Security-Policy", HTML_POLICY.to_string()),
                 ("X-Frame-Options", "DENY".to_string()),
-                ("Referrer-Policy", "no-referrer".to_string()),
+                // Not `no-referrer`: under it a browser sends `Origin: null`
+                // with the login form's POST, which the Origin check refuses.
+                ("Referrer-Policy", "same-origin".to_string()),
             ],
             content_type: "text/html; charset=utf-8",
             body: html.as_bytes().to_vec(),

@@ -1,6 +1,8 @@
 //! One integration test binary (fast to link) with a module per area.
 
 mod access;
+mod browser;
+mod cdp;
 mod cli;
 mod commands;
 mod common;
