@@ -165,11 +165,14 @@ fn stoptime_escalates_to_sigkill() {
     let mut d = Daemon::start(
         "stoptime",
         &one(
-            "trap '' TERM; exec sleep 1000",
+            "trap '' TERM; touch trapped; exec sleep 1000",
             "starttime = 0, stoptime = 1",
         ),
     );
     d.wait_state("svc:0", "RUNNING", secs(10));
+    // RUNNING comes at once (starttime 0): wait until the shell ignores
+    // TERM, or the stop could kill it before its trap is set.
+    wait_file(&d.dir.join("trapped"), secs(10), |_| true);
     let t = Instant::now();
     let data = d.ok("stop", &["svc"]);
     let took = t.elapsed();
@@ -196,8 +199,10 @@ fn start_retries_then_fatal_after_exactly_retries_plus_one_attempts() {
     let inst = d.wait_state("svc:0", "FATAL", secs(20));
     assert_eq!(lines_of(&d.dir.join("attempts")).len(), 3);
     assert_eq!(inst["description"], "exited too quickly (exit status 1)");
-    let log = d.log();
-    assert!(log.contains("gave up: svc:0 entered FATAL state"), "{log}");
+    // The daemon's log is written by its own thread: wait for the line.
+    let log = wait_file(&d.dir.join("daemon.log"), secs(10), |l| {
+        l.contains("gave up: svc:0 entered FATAL state")
+    });
     assert_eq!(log.matches("spawned: 'svc:0'").count(), 3);
 }
 
