@@ -81,7 +81,7 @@ pub fn group_usage(pgids: &BTreeSet<u32>) -> BTreeMap<u32, Usage> {
         let Some(stat) = read_small(&path, &mut buf) else {
             continue;
         };
-        let Some((pgrp, ticks, pages)) = stat_usage(&stat).filter(|u| pgids.contains(&u.0)) else {
+        let Some((pgrp, ticks, pages)) = stat_usage(stat).filter(|u| pgids.contains(&u.0)) else {
             continue;
         };
         let u: &mut Usage = out.entry(pgrp).or_default();
