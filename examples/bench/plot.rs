@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::scale::Point;
 
-const W: usize = 1000;
+const W: usize = 1120;
 const H: usize = 520;
 
 struct Canvas {
@@ -204,11 +204,13 @@ fn glyph(c: char) -> [u8; 7] {
         '=' => [0, 0, 31, 0, 31, 0, 0],
         '×' => [0, 17, 10, 4, 10, 17, 0],
         '`' => [8, 4, 0, 0, 0, 0, 0],
+        '+' => [0, 4, 4, 31, 4, 4, 0],
         _ => [0; 7],
     }
 }
 
-/// One panel: x is N on a log scale, y linear from 0 to `ymax`.
+/// One panel: x is N on a log scale; y linear from 0 to `ymax`, or
+/// logarithmic from `ymin` to `ymax` when `log`.
 struct Panel {
     x0: f64,
     y0: f64,
@@ -216,25 +218,42 @@ struct Panel {
     h: f64,
     nmin: f64,
     nmax: f64,
+    ymin: f64,
     ymax: f64,
+    log: bool,
 }
 
 impl Panel {
     fn at(&self, n: f64, y: f64) -> (f64, f64) {
         let fx = (n.ln() - self.nmin.ln()) / (self.nmax.ln() - self.nmin.ln());
-        let fy = (y / self.ymax).clamp(0.0, 1.05);
+        let fy = if self.log {
+            (y.max(self.ymin).ln() - self.ymin.ln()) / (self.ymax.ln() - self.ymin.ln())
+        } else {
+            y / self.ymax
+        };
+        let fy = fy.clamp(0.0, 1.05);
         (self.x0 + fx * self.w, self.y0 + self.h - fy * self.h)
     }
 
     fn axes(&self, c: &mut Canvas, ns: &[usize], title: &str, unit: &str) {
-        for i in 0..=4 {
-            let y = self.ymax * i as f64 / 4.0;
+        let ticks: Vec<f64> = if self.log {
+            let mut t = Vec::new();
+            let mut y = self.ymin;
+            while y <= self.ymax * 1.001 {
+                t.push(y);
+                y *= 10.0;
+            }
+            t
+        } else {
+            (0..=4).map(|i| self.ymax * i as f64 / 4.0).collect()
+        };
+        for y in ticks {
             let (_, py) = self.at(self.nmin, y);
             c.line((self.x0, py), (self.x0 + self.w, py), 1, GREY, 0);
-            let label = if self.ymax >= 20.0 {
+            let label = if y >= 20.0 || y == 0.0 {
                 format!("{y:.0}")
             } else {
-                format!("{y:.1}")
+                format!("{y}")
             };
             c.text(
                 self.x0 as i64 - 8 - 12 * label.len() as i64,
@@ -336,47 +355,55 @@ pub fn scale_png(points: &[Point], path: &Path) -> Result<(), String> {
     let top = series
         .iter()
         .flat_map(|s| s.1.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max);
-    let ymax = (top * 1.1 / 100.0).ceil().max(1.0) * 100.0;
+        .fold(1.0f64, f64::max);
+    let low = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .filter(|y| *y > 0.0)
+        .fold(top, f64::min);
+    let decade = |y: f64| 10f64.powf(y.log10().floor());
     let mut c = Canvas::new();
     let left = Panel {
         x0: 90.0,
         y0: 70.0,
-        w: 520.0,
+        w: 600.0,
         h: 380.0,
         nmin,
         nmax,
-        ymax,
+        ymin: decade(low),
+        ymax: decade(top) * 10.0,
+        log: true,
     };
     left.axes(
         &mut c,
         &ns,
         "COST PER INSTANCE (FLAT = LINEAR IN N)",
-        "MICROSECONDS PER INSTANCE",
+        "MICROSECONDS PER INSTANCE, LOG SCALE",
     );
     for (i, (name, pts, color, dash)) in series.iter().enumerate() {
-        // Reload's constant part (evaluating the config) dominates at 200.
         left.series(&mut c, pts, *color, *dash);
-        let ly = 80 + 18 * i as i64;
+        let ly = 80 + 16 * i as i64;
         c.line(
-            (400.0, ly as f64 + 6.0),
-            (425.0, ly as f64 + 6.0),
+            (500.0, ly as f64 + 3.0),
+            (525.0, ly as f64 + 3.0),
             3,
             *color,
             *dash / 2,
         );
-        c.text(430, ly, name, 1, BLACK);
+        c.text(530, ly, name, 1, BLACK);
     }
     let rss: Vec<(f64, f64)> = points.iter().map(|p| (p.n as f64, p.rss.median)).collect();
     let rmax = (rss.iter().map(|p| p.1).fold(64.0f64, f64::max) * 1.1 / 10.0).ceil() * 10.0;
     let right = Panel {
-        x0: 720.0,
+        x0: 800.0,
         y0: 70.0,
-        w: 250.0,
+        w: 280.0,
         h: 380.0,
         nmin,
         nmax,
+        ymin: 0.0,
         ymax: rmax,
+        log: false,
     };
     right.axes(
         &mut c,

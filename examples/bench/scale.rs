@@ -12,14 +12,13 @@
 //!   RSS once all are RUNNING, a `status` round trip on an open connection
 //!   (the whole reply read), a `reload` of the unchanged config, and `stop
 //!   all` until its reply (every process reaped). Limits in the same run:
-//!   the spawn loop above, and for `stop all` a plain program signalling
-//!   and reaping (by pid) the same number of `sleep`s. While the daemon
+//!   the spawn loop above, and for `stop all` the same program then
+//!   signalling and reaping (by pid) its `sleep`s. While the daemon
 //!   spawns, another connection asks `status s0:0` (through the actor) in a
 //!   loop: the slowest answer is the responsiveness row.
 //!
 //! Every process is stopped by pid: the daemons by their `Drop`, the spawn
-//! loop by closing its stdin (it then kills and reaps its children), the
-//! `stop all` limit's children by the bench itself.
+//! loop's children by the spawn loop once its stdin closes.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -40,7 +39,8 @@ use crate::Opts;
 pub const SIZES: [usize; 4] = [200, 1000, 5000, 10_000];
 
 /// Child mode `bench --spawn-loop N`: posix_spawnp `sleep 3600` N times,
-/// then wait for stdin to close, then kill (by pid) and reap them.
+/// then wait for stdin to close, then SIGTERM (by pid) and reap them, and
+/// print how long that took (ms): the limit of `stop all`.
 pub fn spawn_loop(n: usize) -> ! {
     let argv = ["sleep", "3600"];
     let mut pids = Vec::with_capacity(n);
@@ -52,12 +52,15 @@ pub fn spawn_loop(n: usize) -> ! {
     }
     let mut buf = [0u8; 64];
     while matches!(std::io::stdin().read(&mut buf), Ok(k) if k > 0) {}
+    // The `stop all` limit: signal every one, then reap each by pid.
+    let t = Instant::now();
     for &p in &pids {
-        unsafe { libc::kill(p, libc::SIGKILL) };
+        unsafe { libc::kill(p, libc::SIGTERM) };
     }
     for &p in &pids {
         unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
     }
+    println!("{}", t.elapsed().as_secs_f64() * 1000.0);
     std::process::exit(0)
 }
 
@@ -152,21 +155,65 @@ impl ExecCount {
     }
 }
 
-/// The limit of W1L: launch the spawn loop, time until all N exec'd.
-fn spawn_limit(n: usize) -> Res<f64> {
+/// The limit of W1L: launch the spawn loop, time until all N exec'd; and
+/// the time it then takes to signal and reap them (ms, ms).
+fn spawn_limit(n: usize) -> Res<(f64, f64)> {
     let t0 = Instant::now();
     let mut child = Command::new(self_exe())
         .args(["--spawn-loop", &n.to_string()])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .die_with_parent(libc::SIGKILL)
         .spawn()
         .map_err(|e| e.to_string())?;
     let ms = ExecCount::new(child.id(), "sleep").wait(n, t0, Duration::from_secs(120));
     drop(child.stdin.take());
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
     let _ = child.wait();
-    ms
+    let stop = out
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| "the spawn loop did not report".to_string());
+    Ok((ms?, stop?))
+}
+
+/// How many more processes this user may start: the least of pid_max,
+/// threads-max and RLIMIT_NPROC, less the processes that exist.
+fn process_room() -> usize {
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    let ulimit = match unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) } {
+        0 if nproc.rlim_cur != libc::RLIM_INFINITY => nproc.rlim_cur as usize,
+        _ => usize::MAX,
+    };
+    let existing = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    read("/proc/sys/kernel/pid_max")
+        .min(read("/proc/sys/kernel/threads-max"))
+        .min(ulimit)
+        .saturating_sub(existing)
 }
 
 /// Launches a daemon with `n` sleepers and times until all exec'd.
@@ -185,7 +232,7 @@ pub fn w1_launch(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
     // (the load on a shared machine changes from second to second).
     let (mut ours, mut limit, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs(opts, 11, 3) {
-        let l = spawn_limit(n)?;
+        let l = spawn_limit(n)?.0;
         let (d, ms) = spawn_daemon(bin, n, "w1l")?;
         drop(d);
         reap_orphans();
@@ -267,26 +314,12 @@ fn probe_while(port: u16, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Res<
     })
 }
 
-/// The `stop all` limit: `n` sleeps signalled and reaped by pid.
-fn stop_limit(n: usize) -> Res<f64> {
-    let mut pids = Vec::with_capacity(n);
-    for _ in 0..n {
-        pids.push(posix_spawnp(&["sleep", "3600"])?);
-    }
-    let t = Instant::now();
-    for &p in &pids {
-        unsafe { libc::kill(p, libc::SIGTERM) };
-    }
-    for &p in &pids {
-        unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
-    }
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
-}
-
 fn one_size(bin: &Path, n: usize, reps: usize) -> Res<Point> {
     let mut v: [Vec<f64>; 8] = Default::default();
     for _ in 0..reps {
-        v[1].push(spawn_limit(n)?);
+        let (spawn_l, stop_l) = spawn_limit(n)?;
+        v[1].push(spawn_l);
+        v[6].push(stop_l);
         let lua = sleepers(n);
         let t0 = Instant::now();
         let mut d = Daemon::start(bin, "scale", &lua)?;
@@ -321,7 +354,6 @@ fn one_size(bin: &Path, n: usize, reps: usize) -> Res<Point> {
         }
         drop(ws);
         drop(d);
-        v[6].push(stop_limit(n)?);
         reap_orphans();
     }
     let [spawn, spawn_limit, rss, status, reload, stop, stop_limit, busy] = v.map(stat);
@@ -339,16 +371,27 @@ fn one_size(bin: &Path, n: usize, reps: usize) -> Res<Point> {
 }
 
 pub fn scale(bin: &Path, opts: &Opts, plot: &Path) -> Res<Vec<Row>> {
-    let sizes: Vec<usize> = if opts.quick {
-        vec![200, 1000, 5000]
-    } else {
-        SIZES.to_vec()
-    };
+    let room = process_room();
+    let sizes: Vec<usize> = SIZES
+        .iter()
+        .copied()
+        .filter(|&n| !opts.quick || n <= 5000)
+        .filter(|&n| {
+            // N sleeps at a time (the daemon's, or the limit's), and room
+            // for what else runs on the machine meanwhile.
+            let fits = n + 1000 <= room;
+            if !fits {
+                eprintln!("bench: SCALE {n} skipped: room for {room} more processes (pid_max, ulimit -u, threads-max)");
+            }
+            fits
+        })
+        .collect();
     let mut points = Vec::new();
     for &n in &sizes {
         let reps = match (opts.quick, n) {
             (true, _) => 1,
-            (false, n) if n >= 5000 => 3,
+            (false, n) if n >= 5000 => 2,
+            (false, 1000) => 3,
             _ => 5,
         };
         eprintln!("bench: SCALE {n} ...");

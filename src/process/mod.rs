@@ -1,15 +1,15 @@
 //! The only module that spawns, signals or reaps processes.
 //!
-//! Spawning uses std's `Command`, which takes the `posix_spawn` (vfork)
-//! path when nothing has to run between fork and exec: the parent is
-//! suspended only until the child has exec'd, with no page-table copy, so a
-//! spawn costs about what a shell's does. Each child gets its own process
+//! Spawning is `posix_spawn(3)` ([`posix`], the vfork path) when nothing
+//! has to run between fork and exec: the parent is suspended only until the
+//! child has exec'd, with no page-table copy, so a spawn costs about what a
+//! shell's does; the daemon's environment is prepared once. Each child gets its own process
 //! group (so a stop reaches `sh -c` grandchildren), stdout/stderr opened
 //! append-only and handed over as its fds (the daemon never copies output
 //! bytes), and the daemon's environment minus the daemon's own settings
-//! ([`DAEMON_SETTINGS`]) plus the service's. Only a service with a `umask`
-//! takes the fork path, to set it in the child (the daemon's own umask is
-//! never touched).
+//! ([`DAEMON_SETTINGS`]) plus the service's. Only a service with a `umask`,
+//! a `user` or `rlimits` takes std's `Command` and its fork path, to set
+//! them in the child (the daemon's own umask is never touched).
 //!
 //! Children must not outlive the daemon, even a SIGKILLed one: see
 //! [`guard`]. Every spawn marks its process group for the guard while
