@@ -25,6 +25,9 @@ struct Canvas {
 
 type Rgb = [u8; 3];
 
+/// A curve: its legend, its points (N, y), its colour, its dash length.
+type Series<'a> = (&'a str, Vec<(f64, f64)>, Rgb, usize);
+
 const BLACK: Rgb = [0, 0, 0];
 const GREY: Rgb = [200, 200, 200];
 
@@ -324,7 +327,7 @@ pub fn scale_png(points: &[Point], path: &Path) -> Result<(), String> {
             .map(|p| (p.n as f64, f(p) * 1000.0 / p.n as f64))
             .collect()
     };
-    let series: [(&str, Vec<(f64, f64)>, Rgb, usize); 6] = [
+    let series: [Series; 6] = [
         (
             "LAUNCH TO ALL EXECD",
             per(&|p| p.spawn.median),
