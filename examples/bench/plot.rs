@@ -17,7 +17,7 @@ use std::path::Path;
 use crate::scale::Point;
 
 const W: usize = 1120;
-const H: usize = 520;
+const H: usize = 600;
 
 struct Canvas {
     px: Vec<[u8; 3]>,
@@ -269,7 +269,10 @@ impl Panel {
         for &n in ns {
             let (px, _) = self.at(n as f64, 0.0);
             c.line((px, self.y0), (px, self.y0 + self.h), 1, GREY, 0);
-            let label = n.to_string();
+            let label = match n {
+                n if n >= 1000 && n % 1000 == 0 => format!("{}K", n / 1000),
+                n => n.to_string(),
+            };
             c.text(
                 px as i64 - 6 * label.len() as i64,
                 (self.y0 + self.h) as i64 + 10,
@@ -385,15 +388,16 @@ pub fn scale_png(points: &[Point], path: &Path) -> Result<(), String> {
     );
     for (i, (name, pts, color, dash)) in series.iter().enumerate() {
         left.series(&mut c, pts, *color, *dash);
-        let ly = 80 + 16 * i as i64;
+        // The legend, under the panels: each cost beside its limit.
+        let (lx, ly) = (90 + 340 * (i as i64 / 2), 530 + 24 * (i as i64 % 2));
         c.line(
-            (500.0, ly as f64 + 3.0),
-            (525.0, ly as f64 + 3.0),
+            (lx as f64, ly as f64 + 6.0),
+            (lx as f64 + 30.0, ly as f64 + 6.0),
             3,
             *color,
             *dash / 2,
         );
-        c.text(530, ly, name, 1, BLACK);
+        c.text(lx + 40, ly, name.trim_start(), 2, BLACK);
     }
     let rss: Vec<(f64, f64)> = points.iter().map(|p| (p.n as f64, p.rss.median)).collect();
     let rmax = (rss.iter().map(|p| p.1).fold(64.0f64, f64::max) * 1.1 / 10.0).ceil() * 10.0;
@@ -408,12 +412,7 @@ pub fn scale_png(points: &[Point], path: &Path) -> Result<(), String> {
         ymax: rmax,
         log: false,
     };
-    right.axes(
-        &mut c,
-        &ns,
-        "DAEMON RSS",
-        "MIB (TARGETS: 20 AT 1000, 64 AT 10000)",
-    );
+    right.axes(&mut c, &ns, "DAEMON RSS, MIB", "TARGETS IN ORANGE");
     right.series(&mut c, &rss, [40, 40, 40], 0);
     for (n, t) in [(1000.0, 20.0), (10_000.0, 64.0)] {
         if n >= nmin && n <= nmax {
