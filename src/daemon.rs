@@ -219,6 +219,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     crate::hooks::start(hooks.clone(), loaded.hooks, handle.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the hook thread: {e}")))?;
     let mut actor = tokio::spawn(sup.run(rx));
+    // Let the actor start its first slice of autostarts before the rest of
+    // the wiring (the watcher's thread and inotify watches, the accept
+    // loop): children start a few milliseconds sooner, and a client that
+    // connects meanwhile waits in the listen backlog for as long.
+    tokio::task::yield_now().await;
 
     // Two-phase shutdown: `cancel` tells every task to finish; `tasks` is
     // then waited for (bounded), so nothing is cut off mid-way by accident.

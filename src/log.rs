@@ -7,24 +7,35 @@
 //! Logging never blocks its caller (SPEC §17): the supervisor is one thread,
 //! and a stderr pipe nobody reads, or a slow disk, must not stop it. So each
 //! sink (stderr, the log file) has a writer thread fed by a bounded queue;
-//! [`line`] only `try_send`s, and when a sink's queue is full the line is
+//! [`line`] only queues, and when a sink's queue is full the line is
 //! dropped for that sink and counted. Once the writer has caught up (its
 //! queue is empty) it logs `dropped N log lines (…)`, to every sink. One
 //! lock orders the lines across sinks (the timestamp is taken under it, so
-//! times never go backwards within a sink); it is held only for `try_send`.
-//! The writer writes each line with a single `write_all` of the whole line,
-//! and is the only writer of its sink, so lines are never torn.
+//! times never go backwards within a sink); it is held only to queue.
+//! The writer takes every line queued so far and writes them with as few
+//! `write`s as it can, each of whole lines and at most `PIPE_BUF` bytes
+//! (unless one line is longer), so a line is never torn, not even by a
+//! child that shares the daemon's stderr pipe.
+//!
+//! Waking a writer costs a futex call and, on a busy core, two context
+//! switches; a crash loop logs three lines per restart. So the supervisor
+//! actor logs inside a [`batch`]: lines queued on its thread meanwhile wake
+//! their writer once, when the batch ends (before the actor's events reach
+//! any connection, so a line is still on its way to its sink before anyone
+//! hears of what it tells), or as soon as a sink holds [`WAKE_AT`] lines.
+//! Lines logged outside a batch wake their writer at once.
 //!
 //! Every message is made exactly one line ([`escape`]): text from a client
 //! or a hook could otherwise forge a line of its own.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,8 +44,42 @@ use std::time::{Duration, Instant, SystemTime};
 /// (≈ 0.5 MB) that a sink stuck for good costs little.
 const QUEUE: usize = 4096;
 
+/// In a batch, a sink holding this many lines wakes its writer anyway.
+const WAKE_AT: usize = 256;
+
+/// What one `write` of the writer carries at most (unless a single line is
+/// longer): writes to a pipe up to this size are atomic.
+const WRITE_AT_MOST: usize = 4096;
+
 /// One formatted line, shared by the sinks' queues.
 type Line = Arc<str>;
+
+/// A sink's queue, shared by the loggers and its writer thread.
+struct Queue {
+    /// The lines, and whether the writer sleeps waiting for them.
+    state: Mutex<QueueState>,
+    /// Signalled when a sleeping writer has lines (or the sink closed).
+    ready: Condvar,
+}
+
+struct QueueState {
+    /// Lines not yet taken by the writer.
+    lines: VecDeque<Line>,
+    /// The writer waits on `ready` (only then is a wake needed).
+    sleeping: bool,
+    /// The sink was replaced: write what is left and end.
+    closed: bool,
+}
+
+impl Queue {
+    /// Wakes the writer if it sleeps and has something to do.
+    fn wake(&self) {
+        let st = lock(&self.state);
+        if st.sleeping && (!st.lines.is_empty() || st.closed) {
+            self.ready.notify_one();
+        }
+    }
+}
 
 /// What a sink's writer thread shares with the loggers.
 struct Progress {
@@ -44,68 +89,97 @@ struct Progress {
     dropped: AtomicU64,
     /// Lines the writer has taken off the queue and written (or failed to).
     written: Mutex<u64>,
-    /// Signalled after each line written, for [`flush`].
+    /// Signalled after each batch written, for [`flush`].
     wrote: Condvar,
 }
 
 /// The logging side of one sink.
 struct Sink {
     /// The writer thread's queue.
-    tx: SyncSender<Line>,
+    queue: Arc<Queue>,
     /// Lines accepted into the queue so far: [`flush`] waits for `written`
     /// to reach it.
     queued: u64,
     progress: Arc<Progress>,
+    /// Lines queued in a batch that have not woken the writer yet.
+    unwoken: bool,
 }
 
 impl Sink {
     /// Starts a writer thread for `out`; None if no thread can be started.
     fn spawn(name: &'static str, out: impl Write + Send + 'static) -> Option<Sink> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                lines: VecDeque::new(),
+                sleeping: false,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
         let progress = Arc::new(Progress {
             name,
             dropped: AtomicU64::new(0),
             written: Mutex::new(0),
             wrote: Condvar::new(),
         });
-        let shared = Arc::clone(&progress);
+        let (q, shared) = (Arc::clone(&queue), Arc::clone(&progress));
         std::thread::Builder::new()
             .name(format!("log-{}", name.replace(' ', "-")))
-            .spawn(move || write_lines(rx, out, &shared))
+            .spawn(move || write_lines(&q, out, &shared))
             .ok()?;
         Some(Sink {
-            tx,
+            queue,
             queued: 0,
             progress,
+            unwoken: false,
         })
     }
 
     /// Queues `line` unless the queue is full (then counts it as dropped);
-    /// whether it was queued.
-    fn offer(&mut self, line: &Line) -> bool {
-        match self.tx.try_send(Arc::clone(line)) {
-            Ok(()) => {
-                self.queued += 1;
-                true
-            }
-            Err(TrySendError::Full(_)) => {
-                self.progress.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            // The writer is gone (it never returns while we hold its
-            // sender, short of a panic): nothing to write to.
-            Err(TrySendError::Disconnected(_)) => false,
+    /// whether it was queued. In a batch (`defer`), the writer is woken
+    /// later by [`Sink::wake`] unless the queue holds [`WAKE_AT`] lines.
+    fn offer(&mut self, line: &Line, defer: bool) -> bool {
+        let mut st = lock(&self.queue.state);
+        if st.lines.len() >= QUEUE {
+            self.progress.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        st.lines.push_back(Arc::clone(line));
+        self.queued += 1;
+        if st.sleeping && (!defer || st.lines.len() >= WAKE_AT) {
+            self.queue.ready.notify_one();
+            self.unwoken = false;
+        } else if st.sleeping {
+            self.unwoken = true;
+        }
+        true
+    }
+
+    /// Wakes the writer for lines a batch queued.
+    fn wake(&mut self) {
+        if std::mem::take(&mut self.unwoken) {
+            self.queue.wake();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        lock(&self.queue.state).closed = true;
+        self.queue.wake();
     }
 }
 
 /// The writer thread: writes queued lines in order; reports drops once the
 /// queue is empty, that is, once the sink took everything it was given.
-fn write_lines(rx: Receiver<Line>, mut out: impl Write, progress: &Progress) {
+fn write_lines(queue: &Queue, mut out: impl Write, progress: &Progress) {
+    let mut taken: Vec<Line> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_AT_MOST);
     loop {
-        let line = match rx.try_recv() {
-            Ok(line) => line,
-            Err(TryRecvError::Empty) => {
+        {
+            let mut st = lock(&queue.state);
+            if st.lines.is_empty() {
+                drop(st);
                 let dropped = progress.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
                     self::line(format_args!(
@@ -113,19 +187,72 @@ fn write_lines(rx: Receiver<Line>, mut out: impl Write, progress: &Progress) {
                         progress.name
                     ));
                 }
-                match rx.recv() {
-                    Ok(line) => line,
-                    Err(_) => return,
+                st = lock(&queue.state);
+                while st.lines.is_empty() && !st.closed {
+                    st.sleeping = true;
+                    st = queue.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.sleeping = false;
+                }
+                if st.lines.is_empty() {
+                    return;
                 }
             }
-            Err(TryRecvError::Disconnected) => return,
-        };
+            taken.extend(st.lines.drain(..));
+        }
         // A write error (stderr closed, disk full) is not a drop: there is
         // nothing to tell, and telling it would be one more failed write.
-        let _ = out.write_all(line.as_bytes());
+        for line in taken.iter() {
+            if !buf.is_empty() && buf.len() + line.len() > WRITE_AT_MOST {
+                let _ = out.write_all(&buf);
+                buf.clear();
+            }
+            buf.extend_from_slice(line.as_bytes());
+        }
+        if !buf.is_empty() {
+            let _ = out.write_all(&buf);
+            buf.clear();
+        }
+        let n = taken.len() as u64;
+        taken.clear();
         let mut written = lock(&progress.written);
-        *written += 1;
+        *written += n;
         progress.wrote.notify_all();
+    }
+}
+
+thread_local! {
+    /// Depth of the [`batch`]es open on this thread.
+    static BATCH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Lines logged on this thread until the returned guard drops wake their
+/// writers once, then (see the module header). Batches nest.
+pub fn batch() -> Batch {
+    BATCH.with(|b| b.set(b.get() + 1));
+    Batch(())
+}
+
+/// An open [`batch`]; never held across an `.await` (other tasks of the
+/// thread would log into it).
+#[must_use]
+pub struct Batch(());
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let depth = BATCH.with(|b| {
+            let d = b.get().saturating_sub(1);
+            b.set(d);
+            d
+        });
+        if depth == 0 {
+            let mut sinks = lock(&SINKS);
+            if let Some(s) = sinks.stderr.as_mut() {
+                s.wake();
+            }
+            if let Some((_, s)) = sinks.file.as_mut() {
+                s.wake();
+            }
+        }
     }
 }
 
@@ -184,11 +311,12 @@ pub fn line(args: fmt::Arguments<'_>) {
         sinks.stderr_tried = true;
         sinks.stderr = Sink::spawn("stderr", std::io::stderr());
     }
+    let defer = BATCH.with(|b| b.get() > 0);
     if let Some(sink) = sinks.stderr.as_mut() {
-        sink.offer(&text);
+        sink.offer(&text, defer);
     }
     if let Some((_, sink)) = sinks.file.as_mut() {
-        sink.offer(&text);
+        sink.offer(&text, defer);
     }
 }
 
@@ -309,21 +437,20 @@ mod tests {
             },
         )
         .expect("writer thread");
-        // The writer takes one line and blocks in write; QUEUE more fit.
+        // The writer takes what is queued when it wakes (at least one line,
+        // at most QUEUE) and blocks in write; then QUEUE more fit.
         let extra = 10;
+        let total = 2 * QUEUE + extra;
         let t = Instant::now();
-        let accepted: Vec<usize> = (0..QUEUE + 1 + extra)
-            .filter(|i| sink.offer(&Line::from(format!("{i}\n"))))
+        let accepted: Vec<usize> = (0..total)
+            .filter(|i| sink.offer(&Line::from(format!("{i}\n")), false))
             .collect();
         assert!(t.elapsed() < Duration::from_secs(5), "offering blocked");
-        // Depending on whether the writer took line 0 yet, 10 or 11 dropped.
         let dropped = sink.progress.dropped.load(Ordering::Relaxed);
-        assert!(
-            (extra as u64..=extra as u64 + 1).contains(&dropped),
-            "{dropped}"
-        );
+        assert!(dropped >= extra as u64, "{dropped}");
+        assert!(accepted.len() > QUEUE, "{}", accepted.len());
         assert_eq!(sink.queued, accepted.len() as u64);
-        assert_eq!(sink.queued + dropped, (QUEUE + 1 + extra) as u64);
+        assert_eq!(sink.queued + dropped, total as u64);
         for _ in 0..sink.queued {
             let _ = open.send(());
         }
@@ -342,5 +469,112 @@ mod tests {
         let got: Vec<usize> = text.lines().filter_map(|l| l.parse().ok()).collect();
         let want = accepted;
         assert_eq!(got, want, "lines kept their order");
+    }
+
+    /// Waits until the writer has written `n` lines (or 10 s).
+    fn written_reaches(sink: &Sink, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut written = lock(&sink.progress.written);
+        while *written < n && Instant::now() < deadline {
+            written = sink
+                .progress
+                .wrote
+                .wait_timeout(written, Duration::from_millis(20))
+                .map(|(w, _)| w)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *written
+    }
+
+    /// A sink that keeps what it is given.
+    struct Keep(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Keep {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn writer_sleeps(sink: &Sink) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lock(&sink.queue.state).sleeping && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_the_writer_once_at_its_end_or_when_lines_pile_up() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut sink = Sink::spawn("batch sink", Keep(Arc::clone(&out))).expect("writer");
+        writer_sleeps(&sink);
+        for i in 0..3 {
+            assert!(sink.offer(&Line::from(format!("{i}\n")), true));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            *lock(&sink.progress.written),
+            0,
+            "woken before the batch ended"
+        );
+        sink.wake();
+        assert_eq!(written_reaches(&sink, 3), 3);
+        assert_eq!(String::from_utf8_lossy(&lock(&out)), "0\n1\n2\n");
+        // A batch that logs a lot wakes the writer before it ends.
+        writer_sleeps(&sink);
+        for i in 0..WAKE_AT {
+            assert!(sink.offer(&Line::from(format!("{i}\n")), true));
+        }
+        assert_eq!(
+            written_reaches(&sink, 3 + WAKE_AT as u64),
+            3 + WAKE_AT as u64
+        );
+        // Outside a batch every line wakes it.
+        writer_sleeps(&sink);
+        assert!(sink.offer(&Line::from("last\n"), false));
+        assert_eq!(
+            written_reaches(&sink, 4 + WAKE_AT as u64),
+            4 + WAKE_AT as u64
+        );
+    }
+
+    #[test]
+    fn the_writer_joins_lines_into_whole_line_writes_of_at_most_pipe_buf() {
+        struct Sizes(Arc<Mutex<Vec<usize>>>, mpsc::Receiver<()>);
+        impl Write for Sizes {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let _ = self.1.recv();
+                lock(&self.0).push(buf.len());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = mpsc::channel();
+        let mut sink = Sink::spawn("size sink", Sizes(Arc::clone(&sizes), gate)).expect("writer");
+        writer_sleeps(&sink);
+        // 100-byte lines, queued while the writer sleeps: one wake, then
+        // writes of 40 whole lines (4,000 bytes) each.
+        let line: Line = format!("{}\n", "x".repeat(99)).into();
+        for _ in 0..200 {
+            assert!(sink.offer(&line, true));
+        }
+        for _ in 0..200 {
+            let _ = open.send(());
+        }
+        sink.wake();
+        assert_eq!(written_reaches(&sink, 200), 200);
+        let sizes = lock(&sizes).clone();
+        assert!(
+            sizes.iter().all(|&n| n % 100 == 0 && n <= WRITE_AT_MOST),
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.iter().sum::<usize>(), 200 * 100);
+        assert!(sizes.len() <= 6, "{sizes:?}");
     }
 }

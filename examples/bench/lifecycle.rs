@@ -403,3 +403,57 @@ pub fn w7_reload(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         pass: Some(o.median < 300.0),
     }])
 }
+
+/// W3sh: the crash loop of SPEC §16 with a shell child that writes a file:
+/// `sh -c 'echo x >> F; exit 1'` (`always`, `starttime = 0`), against a
+/// serial `posix_spawnp` + `waitpid` loop of the same command, interleaved
+/// run by run. F is outside the config's folder (the config watcher is not
+/// part of this workload; see W5w for that).
+pub fn w3_shell(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
+    // Short windows, alternating, many rounds: on a shared machine the
+    // load changes from second to second, so each ratio compares the
+    // daemon with the limit measured right before it, and the row gives
+    // the median of those ratios.
+    let secs = if opts.quick { 1.0 } else { 1.5 };
+    let out = temp("w3sh-out");
+    let file = out.join("F");
+    let script = format!("echo x >> {}; exit 1", file.display());
+    let lua = format!(
+        "return {{ services = {{ crash = {{ cmd = \"sh -c '{script}'\", starttime = 0, autorestart = 'always' }} }} }}"
+    );
+    let (mut ours, mut limit, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs(opts, 11, 3) {
+        let t = Instant::now();
+        let mut count = 0u64;
+        while t.elapsed().as_secs_f64() < secs {
+            let pid = crate::scale::posix_spawnp(&["sh", "-c", &script])?;
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            count += 1;
+        }
+        let l = count as f64 / t.elapsed().as_secs_f64();
+        let mut d = Daemon::start(bin, "w3sh", &lua)?;
+        d.connect_plain()?;
+        let r0 = d.status()?[0]["restarts"].as_f64().unwrap_or(0.0);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let r1 = d.status()?[0]["restarts"].as_f64().unwrap_or(0.0);
+        let o = (r1 - r0) / t0.elapsed().as_secs_f64();
+        drop(d);
+        ours.push(o);
+        limit.push(l);
+        ratios.push(o / l);
+    }
+    let _ = fs::remove_dir_all(&out);
+    let (o, l, r) = (stat(ours), stat(limit), stat(ratios));
+    Ok(vec![Row {
+        id: "W3sh",
+        what: "crash loop (`sh -c 'echo x >> F; exit 1'`, always, starttime 0); ratio: median of per-round ratios".into(),
+        unit: "restarts/s",
+        ours: Some(o),
+        limit: Some(l),
+        supervisord: None,
+        ratio: Some(r.median),
+        target: "≥ 0.8× limit".into(),
+        pass: Some(r.median >= 0.8),
+    }])
+}

@@ -11,13 +11,16 @@
 //! same executable is also the child of the output and tail workloads
 //! (`bench --emit BYTES`, `bench --tick MS`), so the daemon, the physical
 //! limit and supervisord all run the very same writer; and of the health
-//! workload (`bench --serve PORT`, a tiny HTTP server).
+//! workload (`bench --serve PORT`, a tiny HTTP server); and the limit of
+//! the launch workloads (`bench --spawn-loop N`, N × `posix_spawnp sleep`).
 
 mod dashboard;
 mod harness;
 mod health;
 mod lifecycle;
 mod output;
+mod plot;
+mod scale;
 mod supervisord;
 mod tail;
 
@@ -35,6 +38,7 @@ struct Opts {
     quick: bool,
     n: usize,
     json_out: PathBuf,
+    plot: PathBuf,
     only: Option<Vec<String>>,
     supervisord: Option<PathBuf>,
 }
@@ -44,6 +48,7 @@ fn main() {
         quick: false,
         n: 200,
         json_out: PathBuf::from("target/bench.json"),
+        plot: PathBuf::from("docs/scale.png"),
         only: None,
         supervisord: None,
     };
@@ -52,6 +57,9 @@ fn main() {
     match args.peek().map(String::as_str) {
         Some("--emit") => output::emit(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)),
         Some("--tick") => tail::tick(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(100)),
+        Some("--spawn-loop") => {
+            scale::spawn_loop(args.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0))
+        }
         Some("--serve") => match args.nth(1).and_then(|p| p.parse().ok()) {
             Some(port) => health::serve(port),
             None => std::process::exit(2),
@@ -67,10 +75,11 @@ fn main() {
                     .next()
                     .map(|s| s.split(',').map(str::to_string).collect())
             }
+            "--plot" => opts.plot = args.next().map(PathBuf::from).unwrap_or(opts.plot),
             "--supervisord" => opts.supervisord = args.next().map(PathBuf::from),
             "--instances" => opts.n = args.next().and_then(|n| n.parse().ok()).unwrap_or(opts.n),
             "-h" | "--help" => {
-                println!("bench [--quick] [--json PATH] [--only W1,W2,W5r,TAIL,HEALTH,...] [--supervisord PATH] [--instances N (200)]");
+                println!("bench [--quick] [--json PATH] [--plot PNG (docs/scale.png)] [--only W1,W1L,W2,W3sh,W5r,TAIL,HEALTH,SCALE,...] [--supervisord PATH] [--instances N (200)]");
                 return;
             }
             other => {
@@ -104,8 +113,10 @@ fn main() {
         };
     }
     run!(["W1"], w1_spawn(&bin, &opts));
+    run!(["W1L"], scale::w1_launch(&bin, &opts));
     run!(["W2"], w2_status(&bin, &opts));
     run!(["W3"], w3_crash_loop(&bin, &opts, false));
+    run!(["W3sh"], w3_shell(&bin, &opts));
     run!(["W4"], w4_restart_latency(&bin, &opts));
     run!(["W5", "W5r", "W5w"], w5_output(&bin, &opts));
     run!(["W6"], w6_stop_all(&bin, &opts));
@@ -114,6 +125,7 @@ fn main() {
     run!(["TAIL"], tail_latency(&bin, &opts));
     run!(["HEALTH"], health::health(&bin, &opts));
     run!(["DASH"], dashboard::dashboard(&bin, &opts));
+    run!(["SCALE"], scale::scale(&bin, &opts, &opts.plot));
     report(&rows, &opts);
     let left = harness::leftovers();
     if !left.is_empty() {

@@ -247,8 +247,9 @@ pub struct Service {
     pub numprocs: u32,
     /// How to spawn.
     pub spawn: SpawnSpec,
-    /// How to supervise.
-    pub policy: Policy,
+    /// How to supervise. Shared: the supervisor hands it to the state
+    /// machine for every event, and a clone of an `Arc` costs nothing.
+    pub policy: std::sync::Arc<Policy>,
 }
 
 /// A validated config.
@@ -543,10 +544,10 @@ fn service(
             healthcheck: field("healthcheck").is_some(),
         },
     );
-    (p.count() == before).then_some(Service {
+    (p.count() == before).then(|| Service {
         numprocs,
         spawn,
-        policy,
+        policy: std::sync::Arc::new(policy),
     })
 }
 

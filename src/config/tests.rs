@@ -21,7 +21,7 @@ fn defaults_match_the_spec_table() {
     .unwrap();
     let s = &c.services["web"];
     assert_eq!(s.numprocs, 1);
-    assert_eq!(s.policy, Policy::default());
+    assert_eq!(*s.policy, Policy::default());
     assert_eq!(s.policy.starttime, Duration::from_secs(1));
     assert_eq!(s.policy.stoptime, Duration::from_secs(10));
     assert_eq!(s.spawn.stdout, None);

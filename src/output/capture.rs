@@ -5,25 +5,24 @@
 //! no timestamps → the file itself, append-only (the child writes it
 //! directly, zero copies); otherwise → the write end of a pipe whose read
 //! end goes to the path's daemon-side writer once the child exists.
+//! `process::spawn` turns a missing fd into the daemon's one `/dev/null`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use crate::config::{Rotation, SpawnSpec};
-use crate::process::dev_null;
 
 use super::writer::{Output, Pipes};
 
-/// A child's output streams, ready for `Command`.
+/// A child's output streams, as the fds to hand over (None: `/dev/null`).
 pub struct Capture {
     /// fd 1.
-    pub stdout: Stdio,
+    pub stdout: Option<OwnedFd>,
     /// fd 2.
-    pub stderr: Stdio,
+    pub stderr: Option<OwnedFd>,
     /// Pipes to hand to writers once the child is spawned ([`Output::attach`]).
     pub pipes: Pipes,
 }
@@ -35,10 +34,10 @@ enum End {
 }
 
 impl End {
-    fn stdio(self) -> Stdio {
+    fn fd(self) -> Option<OwnedFd> {
         match self {
-            End::Null => dev_null(),
-            End::Fd(fd) => fd.into(),
+            End::Null => None,
+            End::Fd(fd) => Some(fd),
         }
     }
 
@@ -74,8 +73,8 @@ impl Output {
             )?
         };
         Ok(Capture {
-            stdout: out.stdio(),
-            stderr: err.stdio(),
+            stdout: out.fd(),
+            stderr: err.fd(),
             pipes,
         })
     }

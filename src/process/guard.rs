@@ -150,6 +150,11 @@ pub(super) fn mark(pgid: u32, live: bool) {
     }
 }
 
+/// Whether the guard runs (marks are kept at all).
+pub(super) fn active() -> bool {
+    GUARD.get().is_some()
+}
+
 /// Whether a process group is marked.
 pub(super) fn is_marked(pgid: u32) -> bool {
     let Some(guard) = GUARD.get() else {

@@ -1,15 +1,15 @@
 //! The only module that spawns, signals or reaps processes.
 //!
-//! Spawning uses std's `Command`, which takes the `posix_spawn` (vfork)
-//! path when nothing has to run between fork and exec: the parent is
-//! suspended only until the child has exec'd, with no page-table copy, so a
-//! spawn costs about what a shell's does. Each child gets its own process
+//! Spawning is `posix_spawn(3)` ([`posix`], the vfork path) when nothing
+//! has to run between fork and exec: the parent is suspended only until the
+//! child has exec'd, with no page-table copy, so a spawn costs about what a
+//! shell's does; the daemon's environment is prepared once. Each child gets its own process
 //! group (so a stop reaches `sh -c` grandchildren), stdout/stderr opened
 //! append-only and handed over as its fds (the daemon never copies output
 //! bytes), and the daemon's environment minus the daemon's own settings
-//! ([`DAEMON_SETTINGS`]) plus the service's. Only a service with a `umask`
-//! takes the fork path, to set it in the child (the daemon's own umask is
-//! never touched).
+//! ([`DAEMON_SETTINGS`]) plus the service's. Only a service with a `umask`,
+//! a `user` or `rlimits` takes std's `Command` and its fork path, to set
+//! them in the child (the daemon's own umask is never touched).
 //!
 //! Children must not outlive the daemon, even a SIGKILLed one: see
 //! [`guard`]. Every spawn marks its process group for the guard while
@@ -31,10 +31,12 @@ pub mod exec;
 pub mod guard;
 pub mod identity;
 pub mod memory;
+mod posix;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 
 use std::process::{Child, Command, Stdio};
@@ -112,15 +114,30 @@ fn reaper() -> MutexGuard<'static, Option<Reaper>> {
 /// marks its group for the guard before anybody can reap it. With `waited`,
 /// its exit status is kept for [`wait_child`].
 pub(crate) fn spawn_marked(command: &mut Command, waited: bool) -> io::Result<Child> {
+    let mut child = None;
+    spawn_marked_with(
+        || {
+            let c = command.spawn()?;
+            let pid = c.id();
+            child = Some(c);
+            Ok(pid)
+        },
+        waited,
+    )?;
+    child.ok_or_else(|| io::Error::other("spawn returned no child"))
+}
+
+/// [`spawn_marked`] for any way of spawning that returns the pid.
+fn spawn_marked_with(spawn: impl FnOnce() -> io::Result<u32>, waited: bool) -> io::Result<u32> {
     let mut lock = reaper();
-    let child = with_original_nofile(|| command.spawn())?;
-    guard::mark(child.id(), true);
+    let pid = with_original_nofile(spawn)?;
+    guard::mark(pid, true);
     if waited {
         lock.get_or_insert_with(Reaper::default)
             .waited
-            .insert(child.id(), None);
+            .insert(pid, None);
     }
-    Ok(child)
+    Ok(pid)
 }
 
 /// Waits for a child spawned with `waited` and returns how it ended, even
@@ -175,6 +192,12 @@ fn settle_group(reg: &mut Reaper, pgid: u32) {
 /// between the check and the clear.
 pub fn forget_if_empty(pgid: u32) -> bool {
     let _lock = reaper();
+    // An unmarked group was found empty already (marks are cleared only
+    // then, under this lock), and an empty group cannot be joined: no
+    // system call needed. Right after an exit this is the common case.
+    if guard::active() && !guard::is_marked(pgid) {
+        return false;
+    }
     let alive = group_alive(pgid);
     if !alive {
         guard::mark(pgid, false);
@@ -282,10 +305,48 @@ pub fn spawn(
     req: &Program<'_>,
     service: &str,
     instance: u32,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
 ) -> Result<u32, String> {
-    let mut command = match argv::launch(req.cmd) {
+    let launch = argv::launch(req.cmd);
+    if let Some(dir) = req.workingdir {
+        if !dir.is_dir() {
+            return Err(format!(
+                "spawn error: working directory {} does not exist",
+                dir.display()
+            ));
+        }
+    }
+    identity::check_limits(req.limits)?;
+    let setup = child_setup(req.umask, req.credentials, req.limits);
+    if setup.is_empty() {
+        // Nothing to run between fork and exec: posix_spawn directly.
+        let argv: Vec<String> = match launch {
+            Launch::Direct(argv) => argv,
+            Launch::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script],
+        };
+        let index = instance.to_string();
+        let env: Vec<(&str, &str)> = req
+            .file_env
+            .iter()
+            .chain(req.env)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([
+                ("TASKMASTER_SERVICE", service),
+                ("TASKMASTER_INSTANCE", &index),
+            ])
+            .collect();
+        let s = posix::Spawn {
+            argv: &argv,
+            env: &env,
+            dir: req.workingdir,
+            stdout: stdout.as_ref().map(AsFd::as_fd),
+            stderr: stderr.as_ref().map(AsFd::as_fd),
+        };
+        return spawn_marked_with(|| posix::spawn(&s), false).map_err(|e| spawn_error(req.cmd, &e));
+    }
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(dev_null, Stdio::from);
+    let mut command = match launch {
         Launch::Direct(argv) => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
@@ -299,12 +360,6 @@ pub fn spawn(
     };
     clean_env(&mut command);
     if let Some(dir) = req.workingdir {
-        if !dir.is_dir() {
-            return Err(format!(
-                "spawn error: working directory {} does not exist",
-                dir.display()
-            ));
-        }
         command.current_dir(dir);
     }
     if let Some(c) = req.credentials {
@@ -314,25 +369,20 @@ pub fn spawn(
             .env("USER", &c.name)
             .env("LOGNAME", &c.name);
     }
-    identity::check_limits(req.limits)?;
     command
         .envs(req.file_env)
         .envs(req.env)
         .env("TASKMASTER_SERVICE", service)
         .env("TASKMASTER_INSTANCE", instance.to_string())
         .stdin(dev_null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(stdio(stdout))
+        .stderr(stdio(stderr))
         .process_group(0);
-    let setup = child_setup(req.umask, req.credentials, req.limits);
-    let has_setup = !setup.is_empty();
-    if has_setup {
-        // Only then the fork path: the closure owns everything it touches,
-        // prepared here in the parent.
-        // SAFETY: `apply_in_child` only makes async-signal-safe syscalls.
-        unsafe {
-            command.pre_exec(move || identity::apply_in_child(&setup));
-        }
+    // Only here the fork path: the closure owns everything it touches,
+    // prepared here in the parent.
+    // SAFETY: `apply_in_child` only makes async-signal-safe syscalls.
+    unsafe {
+        command.pre_exec(move || identity::apply_in_child(&setup));
     }
     match spawn_marked(&mut command, false) {
         // The Child handle is dropped without waiting: reaping is done for
@@ -340,7 +390,7 @@ pub fn spawn(
         Ok(child) => Ok(child.id()),
         // EPERM (not EACCES, which is the exec's) can only come from the
         // setup: name what was asked, errno alone would not say.
-        Err(e) if has_setup && e.raw_os_error() == Some(libc::EPERM) => {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             let mut what: Vec<String> = req
                 .limits
                 .iter()
@@ -403,7 +453,10 @@ pub fn signal_group(pgid: u32, sig: Signal) -> bool {
 
 /// Whether `pgid` may be signalled at all (see [`signal_group`]).
 fn signallable(pgid: u32) -> bool {
-    pgid > 1 && pgid <= i32::MAX as u32 && pgid as i32 != nix::unistd::getpgrp().as_raw()
+    // The daemon never changes its own process group: asked once.
+    static OWN: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let own = *OWN.get_or_init(|| nix::unistd::getpgrp().as_raw());
+    pgid > 1 && pgid <= i32::MAX as u32 && pgid as i32 != own
 }
 
 /// Whether a process group still has members.

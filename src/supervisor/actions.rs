@@ -38,6 +38,7 @@ impl Supervisor {
             self.after_change(key);
         }
         self.drop_retired(key);
+        self.sync_timers(key);
         Ok(())
     }
 
@@ -77,7 +78,8 @@ impl Supervisor {
             let Some(svc) = self.services.get(&key.0) else {
                 return Ok(false);
             };
-            let policy = svc.config.policy.clone();
+            // An Arc: the policy is shared, not copied, per event.
+            let policy = std::sync::Arc::clone(&svc.config.policy);
             let Some(inst) = self.instances.get_mut(key) else {
                 return Ok(false);
             };
@@ -276,6 +278,11 @@ impl Supervisor {
                 exit.map(|e| format!(" ({})", e.describe())).unwrap_or_default()
             ),
         }
+        // Nobody to tell (no subscriber, no hook): the event is not built.
+        let hooks = self.observer.wants_events();
+        if !hooks && self.events.receiver_count() == 0 {
+            return;
+        }
         let (exitcode, signal) = exit_fields(exit);
         let event = WireEvent::Transition(TransitionEvent {
             name: name.clone(),
@@ -294,7 +301,7 @@ impl Supervisor {
             waiting_for: (to == State::Waiting)
                 .then(|| inst.waiting_for.iter().map(|w| w.0.clone()).collect()),
         });
-        if self.observer.wants_events() {
+        if hooks {
             self.hook_batch.push(event.clone());
         }
         let _ = self.events.send(event);
@@ -319,6 +326,7 @@ impl Supervisor {
             return;
         }
         self.instances.remove(key);
+        self.sync_timers(key);
         self.draining.remove(key);
         self.waiters.settle_all(key, false, "removed by reload");
         self.flush_waiters();

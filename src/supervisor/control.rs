@@ -1,5 +1,6 @@
 //! `start`/`stop`/`restart` on the actor: names resolved, a waiter
-//! registered, the instances queued and worked off [`CHUNK`] per turn.
+//! registered, the instances queued and worked off [`SLICE`] at a time
+//! (at most [`CHUNK`] per turn).
 
 use crate::protocol::ActionResult;
 
@@ -7,7 +8,7 @@ use super::handle::{gone, Answer};
 use super::names::{self, Covers};
 use super::state::{AfterDrain, Event, State};
 use super::waiters::Goal;
-use super::{CommandError, Control, Inst, Key, Pending, Supervisor, CHUNK};
+use super::{CommandError, Control, Inst, Key, Pending, Supervisor, CHUNK, SLICE};
 
 /// What `all` covers for each action (SPEC §9): `stop all` the instances
 /// that are not already STOPPED/EXITED/FATAL, `start all` those that are not
@@ -107,9 +108,14 @@ impl Supervisor {
         }));
     }
 
-    /// Acts on up to [`CHUNK`] pending instances.
+    /// Acts on pending instances for up to [`SLICE`] (at least one, at most
+    /// [`CHUNK`]).
     pub(super) fn work_pending(&mut self) {
-        for _ in 0..CHUNK {
+        let until = std::time::Instant::now() + SLICE;
+        for n in 0..CHUNK {
+            if n > 0 && std::time::Instant::now() >= until {
+                break;
+            }
             let Some(Pending {
                 waiter,
                 key,

@@ -100,17 +100,12 @@ impl Supervisor {
             }
             _ => {}
         }
+        self.sync_timers(key);
     }
 
     /// Starts the probes that are due, each on a task of its own.
     pub(super) fn run_due_probes(&mut self, tx: &mpsc::UnboundedSender<Finished>) {
-        let t = now();
-        let due: Vec<Key> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.health.due.is_some_and(|d| d <= t))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due = self.due(super::PROBE_TIMER, now());
         for key in due {
             let Some(svc) = self.services.get(&key.0) else {
                 continue;
@@ -137,6 +132,7 @@ impl Supervisor {
             };
             inst.health.due = None;
             let generation = inst.health.generation;
+            self.sync_timers(&key);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let result = health::run(run).await;
@@ -175,6 +171,11 @@ impl Supervisor {
         }
         h.due = Some(now() + check.interval);
         let after = h.health;
+        self.sync_timers(&key);
+        let Some(inst) = self.instances.get_mut(&key) else {
+            return;
+        };
+        let h = &mut inst.health;
         if before == after {
             return;
         }

@@ -6,6 +6,8 @@
 //! with their results in the order the request named the instances. Generic
 //! over the reply handle so tests use plain values.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use crate::protocol::ActionResult;
 
 use super::state::State;
@@ -25,7 +27,6 @@ pub enum Goal {
 /// One instance's share of a request.
 #[derive(Debug)]
 struct Target {
-    key: Key,
     goal: Goal,
     result: Option<ActionResult>,
 }
@@ -33,25 +34,38 @@ struct Target {
 /// A request waiting for its instances to settle.
 #[derive(Debug)]
 struct Waiter<R> {
-    /// Stable identity (positions shift as others complete).
-    id: u64,
     /// Per instance, in request order.
     targets: Vec<Target>,
+    /// Targets without a result yet.
+    open: usize,
     /// Where the answer goes.
     reply: R,
 }
 
 /// Every pending request.
+///
+/// Indexed by instance, so a state change costs the number of requests
+/// waiting on that instance, not the number of instances all requests
+/// name: a `stop all` of 10,000 instances is 20,000 changes, each of which
+/// used to look at every one of the 10,000 targets.
 #[derive(Debug)]
 pub struct Waiters<R> {
-    list: Vec<Waiter<R>>,
+    /// By id (ids grow, so this is registration order).
+    list: BTreeMap<u64, Waiter<R>>,
+    /// The open targets of each instance, as (waiter id, target index), in
+    /// registration order.
+    by_key: HashMap<Key, Vec<(u64, usize)>>,
+    /// Waiters whose last target got its result.
+    complete: BTreeSet<u64>,
     next_id: u64,
 }
 
 impl<R> Default for Waiters<R> {
     fn default() -> Self {
         Waiters {
-            list: Vec::new(),
+            list: BTreeMap::new(),
+            by_key: HashMap::new(),
+            complete: BTreeSet::new(),
             next_id: 0,
         }
     }
@@ -61,111 +75,128 @@ fn name_of(key: &Key) -> String {
     format!("{}:{}", key.0, key.1)
 }
 
+fn result(key: &Key, ok: bool, message: &str) -> Option<ActionResult> {
+    Some(ActionResult {
+        name: name_of(key),
+        ok,
+        message: message.into(),
+    })
+}
+
 impl<R> Waiters<R> {
     /// Registers a request on `keys`, all with `goal`; returns its id.
     pub fn register(&mut self, keys: &[Key], goal: Goal, reply: R) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let targets = keys
-            .iter()
-            .map(|k| Target {
-                key: k.clone(),
-                goal,
-                result: None,
-            })
-            .collect();
-        self.list.push(Waiter { id, targets, reply });
+        let targets: Vec<Target> = keys.iter().map(|_| Target { goal, result: None }).collect();
+        for (i, k) in keys.iter().enumerate() {
+            self.by_key.entry(k.clone()).or_default().push((id, i));
+        }
+        if targets.is_empty() {
+            self.complete.insert(id);
+        }
+        self.list.insert(
+            id,
+            Waiter {
+                open: targets.len(),
+                targets,
+                reply,
+            },
+        );
         id
     }
 
-    fn open_targets<'a>(
-        &'a mut self,
+    /// Calls `f` on each open target of `key` (in waiter `id` only, when
+    /// given), in registration order; `f` returns a result to settle it.
+    fn visit(
+        &mut self,
         id: Option<u64>,
-        key: &'a Key,
-    ) -> impl Iterator<Item = &'a mut Target> + 'a {
-        self.list
-            .iter_mut()
-            .filter(move |w| id.is_none_or(|id| w.id == id))
-            .flat_map(|w| w.targets.iter_mut())
-            .filter(move |t| &t.key == key && t.result.is_none())
+        key: &Key,
+        mut f: impl FnMut(&mut Target) -> Option<ActionResult>,
+    ) {
+        let Some(open) = self.by_key.get_mut(key) else {
+            return;
+        };
+        let list = &mut self.list;
+        let complete = &mut self.complete;
+        open.retain(|&(w, i)| {
+            if id.is_some_and(|id| id != w) {
+                return true;
+            }
+            let Some(waiter) = list.get_mut(&w) else {
+                return false;
+            };
+            let t = &mut waiter.targets[i];
+            if t.result.is_some() {
+                return false;
+            }
+            match f(t) {
+                Some(r) => {
+                    t.result = Some(r);
+                    waiter.open -= 1;
+                    if waiter.open == 0 {
+                        complete.insert(w);
+                    }
+                    false
+                }
+                None => true,
+            }
+        });
+        if open.is_empty() {
+            self.by_key.remove(key);
+        }
     }
 
     /// Settles `key` in waiter `id` with an explicit result (a refusal).
     pub fn settle(&mut self, id: u64, key: &Key, ok: bool, message: &str) {
-        for t in self.open_targets(Some(id), key) {
-            t.result = Some(ActionResult {
-                name: name_of(key),
-                ok,
-                message: message.into(),
-            });
-        }
+        self.visit(Some(id), key, |_| result(key, ok, message));
     }
 
     /// Settles `key` in every waiter (the instance went away).
     pub fn settle_all(&mut self, key: &Key, ok: bool, message: &str) {
-        for t in self.open_targets(None, key) {
-            t.result = Some(ActionResult {
-                name: name_of(key),
-                ok,
-                message: message.into(),
-            });
-        }
+        self.visit(None, key, |_| result(key, ok, message));
     }
 
     /// Settles every waiter wanting `goal` from `key` (a WAITING start
     /// whose dependencies settled unmet).
     pub fn settle_goal(&mut self, key: &Key, goal: Goal, ok: bool, message: &str) {
-        for t in self.open_targets(None, key).filter(|t| t.goal == goal) {
-            t.result = Some(ActionResult {
-                name: name_of(key),
-                ok,
-                message: message.into(),
-            });
-        }
+        self.visit(None, key, |t| {
+            (t.goal == goal).then(|| result(key, ok, message)).flatten()
+        });
     }
 
     /// Changes what waiter `id` wants from `key` (a restart with nothing to
     /// stop just waits for the start).
     pub fn retarget(&mut self, id: u64, key: &Key, goal: Goal) {
-        for t in self.open_targets(Some(id), key) {
+        self.visit(Some(id), key, |t| {
             t.goal = goal;
-        }
+            None
+        });
     }
 
     /// `key` entered `to`; `reason` is its status text for failures.
     pub fn on_change(&mut self, key: &Key, to: State, reason: &str) {
-        for t in self.open_targets(None, key) {
-            let result = |ok: bool, message: &str| {
-                Some(ActionResult {
-                    name: name_of(key),
-                    ok,
-                    message: message.into(),
-                })
-            };
-            match (t.goal, to) {
-                (Goal::Started, State::Running) => t.result = result(true, "started"),
-                (Goal::Started, State::Fatal | State::Exited) => t.result = result(false, reason),
-                (Goal::Started, State::Stopped) => {
-                    t.result = result(false, "stopped before it started")
-                }
-                (Goal::Stopped, State::Stopped) => t.result = result(true, "stopped"),
-                (Goal::Restart, State::Stopped) => t.goal = Goal::Started,
-                _ => {}
+        self.visit(None, key, |t| match (t.goal, to) {
+            (Goal::Started, State::Running) => result(key, true, "started"),
+            (Goal::Started, State::Fatal | State::Exited) => result(key, false, reason),
+            (Goal::Started, State::Stopped) => result(key, false, "stopped before it started"),
+            (Goal::Stopped, State::Stopped) => result(key, true, "stopped"),
+            (Goal::Restart, State::Stopped) => {
+                t.goal = Goal::Started;
+                None
             }
-        }
+            _ => None,
+        });
     }
 
-    /// Removes and returns the complete waiters with their results.
+    /// Removes and returns the complete waiters with their results, in
+    /// registration order.
     pub fn take_done(&mut self) -> Vec<(R, Vec<ActionResult>)> {
         let mut done = Vec::new();
-        let mut i = 0;
-        while i < self.list.len() {
-            if self.list[i].targets.iter().all(|t| t.result.is_some()) {
-                let w = self.list.remove(i);
+        for id in std::mem::take(&mut self.complete) {
+            if let Some(w) = self.list.remove(&id) {
                 let results = w.targets.into_iter().filter_map(|t| t.result).collect();
                 done.push((w.reply, results));
-            } else {
-                i += 1;
             }
         }
         done
@@ -174,7 +205,7 @@ impl<R> Waiters<R> {
     /// Whether nothing is pending.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.is_empty() && self.by_key.is_empty()
     }
 }
 
@@ -283,5 +314,44 @@ mod tests {
         let done = w.take_done();
         assert_eq!(done[0].1[0].message, "removed by reload");
         assert!(done[0].1[1].ok);
+    }
+
+    #[test]
+    fn a_request_on_many_instances_settles_in_time_linear_in_their_number() {
+        // `stop all` of 20,000 instances: 40,000 changes. Scanning every
+        // target per change took 8e8 steps; indexed it is instant.
+        let n = 20_000;
+        let keys: Vec<Key> = (0..n).map(key).collect();
+        let mut w = Waiters::default();
+        w.register(&keys, Goal::Stopped, "all");
+        w.register(&keys[..2], Goal::Started, "two");
+        let t = std::time::Instant::now();
+        let mut done = Vec::new();
+        for k in &keys {
+            w.on_change(k, Stopping, "");
+            w.on_change(k, Stopped, "");
+            done.extend(w.take_done().into_iter().map(|d| (k.1, d.0, d.1.len())));
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        // "two" completed at the second instance, "all" at the last.
+        assert_eq!(done, [(1, "two", 2), (n - 1, "all", n as usize)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn an_empty_request_completes_at_once_and_waiters_come_out_in_order() {
+        let mut w = Waiters::default();
+        w.register(&[key(0)], Goal::Started, "first");
+        w.register(&[], Goal::Stopped, "empty");
+        w.register(&[key(0)], Goal::Started, "third");
+        assert_eq!(w.take_done().len(), 1);
+        w.on_change(&key(0), Running, "");
+        let done: Vec<&str> = w.take_done().into_iter().map(|d| d.0).collect();
+        assert_eq!(done, ["first", "third"]);
+        assert!(w.is_empty());
     }
 }

@@ -115,3 +115,40 @@ fn leading_assignments_are_exported_to_the_program_itself() {
     assert_eq!(env, "hello world");
     assert_eq!(comm(pid), "python3");
 }
+
+#[test]
+fn a_program_is_looked_up_in_the_path_its_service_sets_and_sees_its_environment() {
+    // posix_spawnp would search the daemon's PATH: a service that sets its
+    // own is searched there (as execvp in the child would), the service's
+    // variables win over the daemon's, and the daemon's settings are gone.
+    let dir = temp_dir("cmd-path-tools");
+    let tool = dir.join("only-here-tool");
+    fs::write(
+        &tool,
+        "#!/bin/sh\nprintf '%s|%s|%s|%s|%s\\n' \"$TASKMASTER_SERVICE\" \"$TASKMASTER_INSTANCE\" \"$HOME\" \"${TASKMASTER_TOKEN-unset}\" \"$PWD\" > out.tmp\nmv out.tmp out\nexec sleep 100\n",
+    )
+    .expect("write tool");
+    fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let extra = format!(
+        "env = {{ PATH = {:?}, HOME = '/nowhere' }}, numprocs = 2",
+        format!("/nonexistent:{}:/usr/bin:/bin", dir.display())
+    );
+    let mut d = Daemon::start("cmd-path", &one("only-here-tool", &extra));
+    d.wait_all("RUNNING", secs(10));
+    let out = wait_file(&d.dir.join("out"), secs(10), |t| t.ends_with('\n'));
+    let fields: Vec<&str> = out.trim_end().split('|').collect();
+    assert_eq!(fields[0], "svc", "{out}");
+    assert!(fields[1] == "0" || fields[1] == "1", "{out}");
+    assert_eq!(fields[2], "/nowhere", "{out}");
+    assert_eq!(fields[3], "unset", "{out}");
+    // Not on the daemon's PATH: without the service's, a spawn error.
+    let mut bad = Daemon::start("cmd-path-missing", &one("only-here-tool", ""));
+    let inst = bad.wait_state("svc:0", "FATAL", secs(30));
+    assert!(
+        inst["description"]
+            .as_str()
+            .is_some_and(|s| s.contains("command not found: only-here-tool")),
+        "{inst}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
