@@ -149,17 +149,7 @@ pub fn dashboard(bin: &Path, opts: &Opts) -> Res<Vec<Row>> {
         scan.push(proc_scan_ms());
     }
     // A scrape reads /proc once: its cost follows the machine's processes.
-    let procs = fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                })
-                .count()
-        })
-        .unwrap_or(0);
+    let procs = process_count();
     drop(d);
 
     let (r, l) = (stat(ready), stat(limit));

@@ -303,6 +303,21 @@ pub fn send_opts(ws: &mut Ws, id: u64, cmd: &str, args: &[&str], opts: Option<&V
         .map_err(|e| e.to_string())
 }
 
+/// How many processes the machine has now (numeric entries of /proc).
+pub fn process_count() -> usize {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 pub fn proc_status_kib(pid: u32, key: &str) -> f64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

@@ -199,17 +199,7 @@ fn process_room() -> usize {
         0 if nproc.rlim_cur != libc::RLIM_INFINITY => nproc.rlim_cur as usize,
         _ => usize::MAX,
     };
-    let existing = fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                })
-                .count()
-        })
-        .unwrap_or(0);
+    let existing = process_count();
     read("/proc/sys/kernel/pid_max")
         .min(read("/proc/sys/kernel/threads-max"))
         .min(ulimit)
