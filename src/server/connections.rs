@@ -192,6 +192,22 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Something that kept it busy ended (`end` undoes its count): it is
+    /// active now, and the accept loop may have room if it turned idle.
+    fn release(&self, end: impl FnOnce(&mut Entry)) {
+        let mut idle = false;
+        self.connections.update(self.id, |e, now| {
+            end(e);
+            e.last_active = now;
+            idle = e.idle();
+        });
+        if idle {
+            self.connections.shared.room.notify_one();
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.connections.table().entries.remove(&self.id);
@@ -204,15 +220,8 @@ pub(super) struct InFlight(Arc<Slot>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut idle = false;
-        self.0.connections.update(self.0.id, |e, now| {
-            e.in_flight = e.in_flight.saturating_sub(1);
-            e.last_active = now;
-            idle = e.idle();
-        });
-        if idle {
-            self.0.connections.shared.room.notify_one();
-        }
+        self.0
+            .release(|e| e.in_flight = e.in_flight.saturating_sub(1));
     }
 }
 
@@ -221,15 +230,7 @@ pub(super) struct Following(Arc<Slot>);
 
 impl Drop for Following {
     fn drop(&mut self) {
-        let mut idle = false;
-        self.0.connections.update(self.0.id, |e, now| {
-            e.follows = e.follows.saturating_sub(1);
-            e.last_active = now;
-            idle = e.idle();
-        });
-        if idle {
-            self.0.connections.shared.room.notify_one();
-        }
+        self.0.release(|e| e.follows = e.follows.saturating_sub(1));
     }
 }
 
