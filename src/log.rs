@@ -411,11 +411,14 @@ mod tests {
     /// A sink whose writes wait until the test lets them through.
     struct Gate {
         open: mpsc::Receiver<()>,
+        /// Told each time a write starts (and blocks until `open`).
+        entered: mpsc::Sender<()>,
         out: Arc<Mutex<Vec<u8>>>,
     }
 
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
             let _ = self.open.recv();
             lock(&self.out).extend_from_slice(buf);
             Ok(buf.len())
@@ -428,22 +431,28 @@ mod tests {
     #[test]
     fn a_stuck_sink_drops_and_counts_without_blocking_then_writes_in_order() {
         let (open, gate) = mpsc::channel();
+        let (entered, writing) = mpsc::channel();
         let out = Arc::new(Mutex::new(Vec::new()));
         let mut sink = Sink::spawn(
             "test sink",
             Gate {
                 open: gate,
+                entered,
                 out: Arc::clone(&out),
             },
         )
         .expect("writer thread");
-        // The writer takes what is queued when it wakes (at least one line,
-        // at most QUEUE) and blocks in write; then QUEUE more fit.
+        // The writer takes the first line and blocks in its write; then
+        // QUEUE more fit, and the rest is dropped.
         let extra = 10;
         let total = 2 * QUEUE + extra;
         let t = Instant::now();
-        let accepted: Vec<usize> = (0..total)
-            .filter(|i| sink.offer(&Line::from(format!("{i}\n")), false))
+        assert!(sink.offer(&Line::from("0\n".to_string()), false));
+        writing
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer took the first line");
+        let accepted: Vec<usize> = std::iter::once(0)
+            .chain((1..total).filter(|i| sink.offer(&Line::from(format!("{i}\n")), false)))
             .collect();
         assert!(t.elapsed() < Duration::from_secs(5), "offering blocked");
         let dropped = sink.progress.dropped.load(Ordering::Relaxed);
