@@ -490,19 +490,15 @@ async fn a_large_autostart_is_worked_off_in_short_slices_and_status_answers_mean
     let actor = tokio::spawn(sup.run(rx));
     // Let the run loop begin its first slice.
     tokio::task::yield_now().await;
-    let t = std::time::Instant::now();
     let status = handle.status(Vec::new()).await.expect("status");
-    let waited = t.elapsed();
     let started = status
         .instances
         .iter()
         .filter(|i| i.state == "RUNNING")
         .count();
+    // Answered between slices, not after the last spawn (how fast, in
+    // wall-clock time, is the bench's SCALE figure, not a test's).
     assert!(started < 1000, "status waited for every spawn");
-    assert!(
-        waited < Duration::from_millis(150),
-        "status took {waited:?}"
-    );
     // Everything starts.
     loop {
         let s = handle.status(Vec::new()).await.expect("status");
